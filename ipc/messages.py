@@ -1,0 +1,165 @@
+"""Every message exchanged between the gateway and its workers.
+
+A message is a frozen msgspec Struct; the body of every frame is a tagged union of them.
+Bump PROTOCOL_VERSION whenever a field changes meaning; a worker announcing another version
+is refused at registration.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+
+class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="t"):
+    pass
+
+
+# --- registration and liveness (worker -> gateway requests) --------------------------------
+
+
+class Hello(_Msg, tag="hello"):
+    """First request a worker sends; the gateway answers Welcome or Failure."""
+
+    worker_id: str
+    pid: int
+    protocol: int
+    version: str
+    hostname: str
+    token: str = ""
+    local: bool = False
+
+
+class Welcome(_Msg, tag="welcome"):
+    heartbeat_interval: float
+
+
+class Heartbeat(_Msg, tag="heartbeat"):
+    """Sent by a worker from its event loop; a late heartbeat means a busy or hung loop."""
+
+    rooms: list[str]
+    sessions: int
+    forwarded_packets_per_s: float
+    cpu: float  # fraction of one core used since the previous heartbeat
+    rss_bytes: int = 0
+    loop_lag_s: float = 0.0
+
+
+class HeartbeatAck(_Msg, tag="heartbeat_ack"):
+    pass
+
+
+class Reregister(_Msg, tag="reregister"):
+    """The gateway does not know this worker (it restarted or declared the worker dead)."""
+
+
+# --- session control (gateway -> worker requests) ------------------------------------------
+
+
+class OpenPublisher(_Msg, tag="open_publisher"):
+    room: str
+    session_id: str
+    offer: str
+
+
+class OpenSubscriber(_Msg, tag="open_subscriber"):
+    room: str
+    session_id: str
+    offer: str
+
+
+class SessionAnswer(_Msg, tag="session_answer"):
+    answer: str
+    ice_ufrag: str
+    ice_pwd: str
+
+
+class AddCandidates(_Msg, tag="add_candidates"):
+    """Trickled remote candidates (RFC 8840 fragment already parsed by the gateway)."""
+
+    session_id: str
+    candidates: list[str]  # the value of each a=candidate line, without "a="
+    mid: str | None = None
+    end_of_candidates: bool = False
+
+
+class CloseSession(_Msg, tag="close_session"):
+    session_id: str
+
+
+class CloseRoom(_Msg, tag="close_room"):
+    room: str
+
+
+class Done(_Msg, tag="done"):
+    pass
+
+
+class Failure(_Msg, tag="failure"):
+    """A refused or failed request. `code` is one of FAILURE_CODES."""
+
+    code: str
+    message: str
+
+
+FAILURE_CODES = frozenset(
+    {
+        "bad_offer",  # malformed SDP or nothing we can forward -> 400
+        "publisher_exists",  # -> 409
+        "no_room",  # -> 404
+        "unknown_session",  # -> 404
+        "bad_candidate",  # -> 400
+        "refused",  # registration refused
+        "overloaded",  # -> 503
+        "internal",  # -> 503 (never a 500 to the client)
+    }
+)
+
+
+# --- notifications (worker -> gateway) ------------------------------------------------------
+
+
+class SessionState(_Msg, tag="session_state"):
+    """A session changed state on its own (connected, failed, reaped, closed)."""
+
+    session_id: str
+    room: str
+    state: str  # "connected" | "closed"
+    reason: str = ""
+
+
+Message = (
+    Hello
+    | Welcome
+    | Heartbeat
+    | HeartbeatAck
+    | Reregister
+    | OpenPublisher
+    | OpenSubscriber
+    | SessionAnswer
+    | AddCandidates
+    | CloseSession
+    | CloseRoom
+    | Done
+    | Failure
+    | SessionState
+)
+
+
+class Frame(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
+    """What travels in one ZeroMQ message part.
+
+    kind: 0 request, 1 response, 2 notification. `id` pairs a response with its request
+    (0 for notifications). `v` is the sender's protocol version.
+    """
+
+    v: int
+    kind: int
+    id: int
+    body: Message
+
+
+REQUEST = 0
+RESPONSE = 1
+NOTIFICATION = 2

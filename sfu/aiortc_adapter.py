@@ -1,0 +1,406 @@
+"""Every use of aiortc's and aioice's private members lives here.
+
+aiortc has no public API for RTP-level forwarding (research/aiortc-sfu.md). The seams used,
+all instance-level, and what each is for:
+
+* publisher: ``RTCDtlsTransport._handle_rtp_data`` / ``_handle_rtcp_data`` are wrapped to
+  see every decrypted packet before aiortc parses it; the stock receiver path still runs
+  afterwards (with its decoder thread stopped through ``_RTCRtpReceiver__stop_decoder``) so
+  that aiortc keeps producing receiver reports, NACKs and REMB for the publisher.
+* viewer: each sender's class is swapped for ``ForwardingSender``, which parks the encoder
+  loop, reads its sender-report counters from our forwarding state and hands RTCP feedback
+  to us; packets go out through the DTLS transport's SRTP session (``_tx_srtp``) and the
+  nominated aioice pair (``_connection._nominated``), synchronously, without a coroutine.
+* network: ``aioice.ice.get_host_addresses`` picks the addresses to gather on; a uvloop
+  subclass maps ``local_addr=(ip, 0)`` binds into the configured UDP port range.
+
+The versions these seams were verified against are pinned in pyproject.toml and checked by
+``check_versions()`` when a worker starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import aioice
+import aioice.ice
+import aiortc
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+from aiortc.rtp import AnyRtcpPacket
+
+log = logging.getLogger(__name__)
+
+PINNED_VERSIONS = {"aiortc": "1.16.0", "aioice": "0.13.0"}
+
+_REQUIRED_MEMBERS: tuple[tuple[type, str], ...] = (
+    (RTCDtlsTransport, "_handle_rtp_data"),
+    (RTCDtlsTransport, "_handle_rtcp_data"),
+    (RTCDtlsTransport, "_send_rtp"),
+    (RTCRtpSender, "_handle_rtcp_packet"),
+    (RTCRtpSender, "_run_rtp"),
+    (aiortc.RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder"),
+    (aioice.ice.Connection, "get_component_candidates"),
+)
+
+# Errors aiortc's own parsers raise on hostile input; struct.error is not a ValueError and
+# would otherwise kill RTCDtlsTransport.__run (aiortc#745).
+PARSE_ERRORS = (ValueError, struct.error, IndexError, KeyError, TypeError)
+
+
+class AdapterError(RuntimeError):
+    """The installed aiortc/aioice do not offer the seams this adapter relies on."""
+
+
+def check_versions() -> None:
+    found = {"aiortc": aiortc.__version__, "aioice": aioice.__version__}
+    for name, wanted in PINNED_VERSIONS.items():
+        if found[name] != wanted:
+            raise AdapterError(
+                f"{name} {found[name]} is installed but live-sfu's forwarding seams were "
+                f"verified against {name}=={wanted}; install the pinned version"
+            )
+    for owner, member in _REQUIRED_MEMBERS:
+        if not hasattr(owner, member):
+            raise AdapterError(f"{owner.__qualname__}.{member} is missing from aiortc")
+
+
+# --- network -----------------------------------------------------------------------------
+
+
+def restrict_host_addresses(addresses: list[str]) -> None:
+    """Gather ICE host candidates on exactly these addresses."""
+    fixed = list(addresses)
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in fixed if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+def default_host_addresses() -> list[str]:
+    """aioice's own choice (every non-loopback address), or loopback when that is empty."""
+    found = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)
+    return found or ["127.0.0.1"]
+
+
+class PortRange:
+    """Hands out UDP ports from [low, high], skipping ports that are in use."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low = low
+        self.high = high
+        self._next = low
+
+    def bind(self, family: int, host: str) -> socket.socket:
+        size = self.high - self.low + 1
+        for _ in range(size):
+            port = self._next
+            self._next = self.low if port >= self.high else port + 1
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    continue
+                raise
+            sock.setblocking(False)
+            return sock
+        raise OSError(errno.EADDRINUSE, f"no free UDP port in {self.low}-{self.high}")
+
+
+def install_port_range(loop: asyncio.AbstractEventLoop, ports: PortRange) -> None:
+    """Make aioice's `create_datagram_endpoint(local_addr=(ip, 0))` bind inside `ports`.
+
+    aioice has no port-range option (aiortc#487, aioice#47). It asks the running loop for
+    an ephemeral port; we wrap that one call on the worker's loop instance.
+    """
+    original = loop.create_datagram_endpoint
+
+    async def create_datagram_endpoint(
+        protocol_factory: Callable[[], asyncio.DatagramProtocol],
+        local_addr: tuple[str, int] | None = None,
+        **kwargs: Any,
+    ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]:
+        if local_addr is not None and local_addr[1] == 0 and not kwargs:
+            family = socket.AF_INET6 if ":" in local_addr[0] else socket.AF_INET
+            sock = ports.bind(family, local_addr[0])
+            return await original(protocol_factory, sock=sock)
+        return await original(protocol_factory, local_addr=local_addr, **kwargs)
+
+    loop.create_datagram_endpoint = create_datagram_endpoint  # type: ignore[method-assign]
+
+
+# --- negotiation -------------------------------------------------------------------------
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
+    return list(transceiver._codecs)
+
+
+def negotiated_extensions(transceiver: RTCRtpTransceiver) -> dict[str, int]:
+    """Header-extension URI -> id, as agreed with this peer."""
+    return {ext.uri: ext.id for ext in transceiver._headerExtensions}
+
+
+def codec_capability(codec: RTCRtpCodecParameters) -> RTCRtpCodecCapability:
+    return RTCRtpCodecCapability(
+        mimeType=codec.mimeType,
+        clockRate=codec.clockRate,
+        channels=codec.channels,
+        parameters=dict(codec.parameters),
+    )
+
+
+# --- publisher ---------------------------------------------------------------------------
+
+RawRtpHandler = Callable[[bytes], None]
+DropCounter = Callable[[str], None]
+
+
+def stop_decoders(pc: RTCPeerConnection) -> None:
+    """No decoder thread for any receiver of `pc` (we forward; we never decode).
+
+    `receive()` starts the thread when DTLS connects; we stop it right after, which keeps
+    aiortc's stock receive path (stats, NACK, REMB, receiver reports) minus the decoding.
+    """
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        original = receiver.receive
+
+        async def receive(parameters: Any, _orig: Any = original, _rx: Any = receiver) -> None:
+            await _orig(parameters)
+            _rx._RTCRtpReceiver__stop_decoder()
+
+        receiver.receive = receive  # type: ignore[method-assign]
+
+
+def bundle_transport(pc: RTCPeerConnection) -> RTCDtlsTransport:
+    """The one DTLS transport every m-line uses (BUNDLE is resolved in setRemoteDescription)."""
+    transceivers = pc.getTransceivers()
+    if not transceivers:
+        raise AdapterError("peer connection has no transceivers")
+    return transceivers[0].receiver.transport
+
+
+def hook_ingress(
+    pc: RTCPeerConnection,
+    on_rtp: RawRtpHandler,
+    on_rtcp: RawRtpHandler | None,
+    count_drop: DropCounter,
+) -> None:
+    """Feed every decrypted RTP (and RTCP) packet of `pc` to our handlers first.
+
+    Must be called after setRemoteDescription (BUNDLE discards the other transports there).
+    Our handlers run synchronously; aiortc's own handling follows. Nothing raised by a
+    hostile packet may escape: that would close the transport.
+    """
+    dtls = bundle_transport(pc)
+    stock_rtp = dtls._handle_rtp_data
+    stock_rtcp = dtls._handle_rtcp_data
+
+    async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        try:
+            on_rtp(data)
+        except Exception:
+            count_drop("forward_error")
+            log.exception("forwarding failed for one packet")
+        try:
+            await stock_rtp(data, arrival_time_ms)
+        except PARSE_ERRORS:
+            count_drop("malformed_rtp")
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        if on_rtcp is not None:
+            try:
+                on_rtcp(data)
+            except Exception:
+                count_drop("forward_error")
+                log.exception("RTCP handling failed for one packet")
+        try:
+            await stock_rtcp(data)
+        except PARSE_ERRORS:
+            count_drop("malformed_rtcp")
+
+    dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
+    dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+
+
+def guard_rtcp(pc: RTCPeerConnection, count_drop: DropCounter) -> None:
+    """Viewers' transports: hostile RTCP or stray RTP is dropped and counted, never fatal."""
+    dtls = bundle_transport(pc)
+    stock_rtp = dtls._handle_rtp_data
+    stock_rtcp = dtls._handle_rtcp_data
+
+    async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        try:
+            await stock_rtp(data, arrival_time_ms)
+        except PARSE_ERRORS:
+            count_drop("malformed_rtp")
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        try:
+            await stock_rtcp(data)
+        except PARSE_ERRORS:
+            count_drop("malformed_rtcp")
+
+    dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
+    dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+
+
+def send_rtcp(pc: RTCPeerConnection, packet: bytes) -> None:
+    """Send one RTCP packet on `pc` (rare: keyframe requests), without awaiting it."""
+    dtls = bundle_transport(pc)
+    if dtls.state != "connected":
+        return
+    task = asyncio.ensure_future(dtls._send_rtp(packet))
+    task.add_done_callback(_ignore_send_failure)
+
+
+def _ignore_send_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("RTCP send failed: %s", task.exception())
+
+
+# --- viewer ------------------------------------------------------------------------------
+
+
+class SenderState:
+    """What a ForwardingSender reads for its sender reports, and where its feedback goes.
+
+    sr_wallclock is the `time.time()` at which the RTP timestamp sr_rtp_timestamp was sent.
+    """
+
+    __slots__ = ("packets", "octets", "sr_rtp_timestamp", "sr_wallclock", "on_feedback")
+
+    def __init__(self) -> None:
+        self.packets = 0
+        self.octets = 0
+        self.sr_rtp_timestamp = 0
+        self.sr_wallclock = 0.0
+        self.on_feedback: Callable[[AnyRtcpPacket], None] | None = None
+
+
+_NTP_EPOCH_OFFSET = 2208988800
+
+
+def _ntp(wallclock: float) -> int:
+    if wallclock <= 0:
+        return 0
+    seconds = wallclock + _NTP_EPOCH_OFFSET
+    return (int(seconds) << 32) | int((seconds % 1) * (1 << 32))
+
+
+class ForwardingSender(RTCRtpSender):
+    """An RTCRtpSender whose packets come from the forwarder, not from an encoder.
+
+    Installed by class swap on a sender aiortc already built (so all of aiortc's wiring
+    stays intact). The name-mangled sender-report fields become read-only views of
+    `_sfu_state`, so the reports aiortc's RTCP task sends describe what we forwarded.
+    """
+
+    _sfu_state: SenderState
+
+    @property
+    def _RTCRtpSender__packet_count(self) -> int:
+        return self._sfu_state.packets
+
+    @_RTCRtpSender__packet_count.setter
+    def _RTCRtpSender__packet_count(self, value: int) -> None:
+        pass
+
+    @property
+    def _RTCRtpSender__octet_count(self) -> int:
+        return self._sfu_state.octets
+
+    @_RTCRtpSender__octet_count.setter
+    def _RTCRtpSender__octet_count(self, value: int) -> None:
+        pass
+
+    @property
+    def _RTCRtpSender__rtp_timestamp(self) -> int:
+        return self._sfu_state.sr_rtp_timestamp
+
+    @_RTCRtpSender__rtp_timestamp.setter
+    def _RTCRtpSender__rtp_timestamp(self, value: int) -> None:
+        pass
+
+    @property
+    def _RTCRtpSender__ntp_timestamp(self) -> int:
+        return _ntp(self._sfu_state.sr_wallclock)
+
+    @_RTCRtpSender__ntp_timestamp.setter
+    def _RTCRtpSender__ntp_timestamp(self, value: int) -> None:
+        pass
+
+    async def _run_rtp(self, codec: RTCRtpCodecParameters) -> None:
+        # Parked: no encoder and no 20 ms polling; the forwarder sends for us.
+        self._RTCRtpSender__rtp_started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._RTCRtpSender__rtp_exited.set()
+
+    async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
+        on_feedback = self._sfu_state.on_feedback
+        if on_feedback is not None:
+            on_feedback(packet)
+        # Receiver reports still update aiortc's round-trip-time estimate.
+        if type(packet).__name__ in ("RtcpRrPacket", "RtcpSrPacket"):
+            await super()._handle_rtcp_packet(packet)
+
+
+def make_forwarding(sender: RTCRtpSender) -> SenderState:
+    """Turn a sender aiortc created into a ForwardingSender; call before it is started."""
+    state = SenderState()
+    sender.__class__ = ForwardingSender
+    sender._sfu_state = state  # type: ignore[attr-defined]
+    return state
+
+
+def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
+    """(media SSRC, RTX SSRC) announced for this sender in our SDP."""
+    return sender._ssrc, sender._rtx_ssrc
+
+
+class SrtpSendPath:
+    """Protect and send one RTP packet to a connected peer, synchronously.
+
+    Follows the nominated ICE pair if the controlling peer nominates another one.
+    """
+
+    __slots__ = ("_protect", "_nominated", "_pair", "_sendto", "_addr")
+
+    def __init__(self, sender: RTCRtpSender) -> None:
+        dtls = sender.transport
+        if dtls.state != "connected" or dtls._tx_srtp is None:
+            raise ConnectionError("DTLS is not connected")
+        self._protect: Callable[[bytes], bytes] = dtls._tx_srtp.protect
+        self._nominated: dict[int, Any] = dtls.transport._connection._nominated
+        self._pair: Any = None
+        self._sendto: Callable[[bytes, Any], None] = _unconnected
+        self._addr: Any = None
+
+    def send(self, packet: bytes) -> None:
+        pair = self._nominated.get(1)
+        if pair is not self._pair:
+            if pair is None:
+                raise ConnectionError("no nominated ICE pair")
+            self._pair = pair
+            self._sendto = pair.protocol.transport.sendto
+            self._addr = pair.remote_addr
+        self._sendto(self._protect(packet), self._addr)
+
+
+def _unconnected(data: bytes, addr: Any) -> None:
+    raise ConnectionError("not connected")

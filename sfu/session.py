@@ -1,0 +1,383 @@
+"""WHIP and WHEP sessions: one aiortc RTCPeerConnection each (mediasoup's Transport plus its
+Producers or Consumers).
+
+A session is closed by the user (DELETE: `close("deleted")`), by its parent room
+(`close("room closed")`), or by itself when ICE/DTLS fail or it never connects. Every path
+runs the same idempotent `close()`, which reports exactly once through `on_closed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    AnyRtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+)
+from aiortc.sdp import SessionDescription, candidate_from_sdp
+
+from sfu import aiortc_adapter as adapter
+from sfu.forward import CodecKey, ForwardingStats, Output, TrackForwarder
+from sfu.rtp import MID_URI, header_template
+from sfu.sdp import (
+    announce_public_ip,
+    codec_key,
+    offered_codec_names,
+    offered_kinds,
+    parse_offer,
+    strip_mdns_candidates,
+)
+
+if TYPE_CHECKING:
+    from sfu.room import Room
+
+log = logging.getLogger(__name__)
+
+ClosedCallback = Callable[["Session", str], None]
+StateCallback = Callable[["Session", str], None]
+
+RTX_CAPABILITY = RTCRtpCodecCapability(mimeType="video/rtx", clockRate=90000)
+
+
+class OfferError(ValueError):
+    """The offer cannot be served; the message is for the HTTP client."""
+
+
+class SessionSettings:
+    def __init__(self, *, connect_timeout: float, public_ip: str | None) -> None:
+        self.connect_timeout = connect_timeout
+        self.public_ip = public_ip
+
+
+class Session:
+    kind = "session"
+
+    def __init__(
+        self,
+        room: Room,
+        session_id: str,
+        settings: SessionSettings,
+        stats: ForwardingStats,
+        on_state: StateCallback,
+        on_closed: ClosedCallback,
+    ) -> None:
+        self.room = room
+        self.id = session_id
+        self.settings = settings
+        self.stats = stats
+        self._on_state = on_state
+        self._on_closed = on_closed
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.connected = False
+        self.closed = False
+        self._deadline: asyncio.TimerHandle | None = None
+        self._mids: list[str] = []
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def _watch_connection(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(self.settings.connect_timeout, self._connect_deadline)
+
+        @self.pc.on("connectionstatechange")
+        def on_change() -> None:
+            state = self.pc.connectionState
+            if state == "connected" and not self.connected and not self.closed:
+                self.connected = True
+                if self._deadline is not None:
+                    self._deadline.cancel()
+                    self._deadline = None
+                self.on_connected()
+                self._on_state(self, "connected")
+            elif state in ("failed", "closed") and not self.closed:
+                asyncio.ensure_future(self.close(f"connection {state}"))
+
+    def _connect_deadline(self) -> None:
+        self._deadline = None
+        if not self.connected and not self.closed:
+            timeout = self.settings.connect_timeout
+            asyncio.ensure_future(self.close(f"not connected within {timeout:g} s"))
+
+    def on_connected(self) -> None:
+        """Subclasses start forwarding here."""
+
+    def count_drop(self, reason: str) -> None:
+        self.stats.dropped += 1
+
+    async def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self.detach()
+        try:
+            await self.pc.close()
+        except Exception:  # a half-built connection may fail to close; it is gone either way
+            log.debug("closing peer connection of %s failed", self.id, exc_info=True)
+        self._on_closed(self, reason)
+
+    def detach(self) -> None:
+        """Subclasses unhook from the room's forwarders here."""
+
+    # --- signalling ---------------------------------------------------------------------
+
+    async def _answer(self, offer_sdp: str) -> str:
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        except (OperationError, InvalidAccessError, InvalidStateError, ValueError) as exc:
+            raise OfferError(f"cannot use this offer: {exc}") from None
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        local = self.pc.localDescription
+        self._mids = [t.mid for t in self.pc.getTransceivers() if t.mid is not None]
+        return announce_public_ip(local.sdp, self.settings.public_ip)
+
+    async def add_candidates(self, candidates: list[str], mid: str | None, end: bool) -> None:
+        sdp_mid = mid if mid in self._mids else (self._mids[0] if self._mids else None)
+        for value in candidates:
+            text = value[len("candidate:") :] if value.startswith("candidate:") else value
+            try:
+                candidate = candidate_from_sdp(text)
+            except (ValueError, IndexError) as exc:
+                raise OfferError(f"malformed candidate {value!r}: {exc}") from None
+            if candidate.ip.lower().endswith(".local"):
+                continue  # mDNS: see strip_mdns_candidates
+            candidate.sdpMid = sdp_mid
+            await self.pc.addIceCandidate(candidate)
+        if end:
+            await self.pc.addIceCandidate(None)  # aiortc's end-of-candidates
+
+
+class PublisherSession(Session):
+    """WHIP: receives one audio and one video track and feeds the room's forwarders."""
+
+    kind = "publisher"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._routes: dict[int, tuple[TrackForwarder, bool]] = {}
+        self._requesters: dict[str, Callable[[], None]] = {}
+        self._rtcp_ssrc = random.randrange(1, 1 << 32)
+        self.codecs: dict[str, RTCRtpCodecParameters] = {}
+
+    async def open(self, offer_sdp: str) -> str:
+        try:
+            description = parse_offer(offer_sdp)
+        except ValueError as exc:
+            raise OfferError(str(exc)) from None
+        if not offered_kinds(description, "send"):
+            raise OfferError("a WHIP offer must send audio or video (sendonly or sendrecv)")
+        self._prefer_room_codecs(description)
+        answer = await self._answer(strip_mdns_candidates(offer_sdp))
+        adapter.stop_decoders(self.pc)
+        self._route_tracks()
+        if not self._routes:
+            raise OfferError("none of the offered audio/video codecs can be forwarded")
+        adapter.hook_ingress(self.pc, self._on_rtp, None, self.count_drop)
+        self._watch_connection()
+        return answer
+
+    def _prefer_room_codecs(self, description: SessionDescription) -> None:
+        """Viewers already in the room negotiated the last publisher's codecs: ask a new
+        publisher for the same ones when it offers them, so those viewers keep playing."""
+        for kind, codec in self.room.codecs.items():
+            wanted = codec_key(codec)
+            offered = [c for m in description.media if m.kind == kind for c in m.rtp.codecs]
+            if not any(codec_key(c) == wanted for c in offered):
+                continue
+            transceiver = self.pc.addTransceiver(kind, direction="recvonly")
+            preferences = [adapter.codec_capability(codec)]
+            if kind == "video":
+                preferences.append(RTX_CAPABILITY)
+            try:
+                transceiver.setCodecPreferences(preferences)
+            except ValueError:
+                continue
+
+    def _route_tracks(self) -> None:
+        seen: set[str] = set()
+        for transceiver in self.pc.getTransceivers():
+            kind = transceiver.kind
+            if kind in seen or transceiver.currentDirection not in ("recvonly", "sendrecv"):
+                continue
+            codecs = adapter.negotiated_codecs(transceiver)
+            media = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
+            if media is None:
+                continue
+            seen.add(kind)
+            forwarder = self.room.forwarder(kind)
+            requester = self._keyframe_requester(forwarder)
+            self._requesters[kind] = requester
+            forwarder.set_source(codec_key(media), requester)
+            self.codecs[kind] = media
+            self._routes[media.payloadType] = (forwarder, False)
+            for codec in codecs:
+                if codec.mimeType.lower().endswith("/rtx"):
+                    if codec.parameters.get("apt") == media.payloadType:
+                        self._routes[codec.payloadType] = (forwarder, True)
+        self.room.publisher_codecs_changed(self.codecs)
+
+    def _keyframe_requester(self, forwarder: TrackForwarder) -> Callable[[], None]:
+        def request() -> None:
+            ssrc = forwarder.source_ssrc
+            if ssrc is None or self.closed:
+                return
+            pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self._rtcp_ssrc, media_ssrc=ssrc)
+            adapter.send_rtcp(self.pc, bytes(pli))
+
+        return request
+
+    def _on_rtp(self, data: bytes) -> None:
+        if len(data) < 12:
+            self.stats.dropped += 1
+            return
+        route = self._routes.get(data[1] & 0x7F)
+        if route is None:
+            self.stats.dropped += 1
+            return
+        ssrc = int.from_bytes(data[8:12], "big")
+        route[0].on_rtp(data, ssrc, route[1])
+
+    def on_connected(self) -> None:
+        for forwarder in self.room.forwarders.values():
+            if forwarder.outputs:
+                forwarder.request_keyframe()
+
+    def detach(self) -> None:
+        self._routes.clear()
+        for kind, requester in self._requesters.items():
+            forwarder = self.room.forwarders.get(kind)
+            if forwarder is not None:
+                forwarder.clear_source(requester)
+
+
+class SubscriberSession(Session):
+    """WHEP: one Output per track the room forwards, attached once DTLS is up."""
+
+    kind = "subscriber"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._pending: list[tuple[TrackForwarder, Output, object]] = []
+        self.outputs: dict[str, tuple[TrackForwarder, Output]] = {}
+
+    async def open(self, offer_sdp: str) -> str:
+        try:
+            description = parse_offer(offer_sdp)
+        except ValueError as exc:
+            raise OfferError(str(exc)) from None
+        kinds = offered_kinds(description, "recv")
+        if not kinds:
+            raise OfferError("a WHEP offer must receive audio or video (recvonly or sendrecv)")
+        room_codecs = self.room.codecs
+        wanted: dict[str, RTCRtpCodecParameters] = {k: room_codecs[k] for k in kinds if k in room_codecs}
+        if not wanted:
+            sent = ", ".join(sorted(room_codecs)) or "nothing yet"
+            raise OfferError(f"the offer receives {'/'.join(kinds)} but the room sends {sent}")
+        transceivers = {}
+        for kind, codec in wanted.items():
+            transceiver = self.pc.addTransceiver(kind, direction="sendonly")
+            preferences = [adapter.codec_capability(codec)]
+            if kind == "video":
+                preferences.append(RTX_CAPABILITY)
+            transceiver.setCodecPreferences(preferences)
+            transceivers[kind] = transceiver
+        try:
+            answer = await self._answer(strip_mdns_candidates(offer_sdp))
+        except OfferError:
+            raise OfferError(self._codec_mismatch(description, wanted)) from None
+        adapter.guard_rtcp(self.pc, self.count_drop)
+        for kind, transceiver in transceivers.items():
+            self._prepare_output(kind, transceiver, codec_key(wanted[kind]))
+        if not self._pending:
+            raise OfferError(self._codec_mismatch(description, wanted))
+        self._watch_connection()
+        return answer
+
+    @staticmethod
+    def _codec_mismatch(description: object, wanted: dict[str, RTCRtpCodecParameters]) -> str:
+        parts = []
+        for kind, codec in wanted.items():
+            offered = ", ".join(offered_codec_names(description, kind)) or "none"  # type: ignore[arg-type]
+            parts.append(f"{kind}: the room sends {codec_key(codec).describe()}, the offer accepts {offered}")
+        return "no common codec with the room's publisher (" + "; ".join(parts) + ")"
+
+    def _prepare_output(self, kind: str, transceiver: object, wanted: CodecKey) -> None:
+        codecs = adapter.negotiated_codecs(transceiver)  # type: ignore[arg-type]
+        media = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
+        if media is None or codec_key(media) != wanted:
+            return
+        rtx = next(
+            (
+                c
+                for c in codecs
+                if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") == media.payloadType
+            ),
+            None,
+        )
+        extensions = adapter.negotiated_extensions(transceiver)  # type: ignore[arg-type]
+        sender = transceiver.sender  # type: ignore[attr-defined]
+        report = adapter.make_forwarding(sender)
+        ssrc, rtx_ssrc = adapter.sender_ssrcs(sender)
+        output = Output(
+            send=_not_connected,
+            report=report,
+            codec=wanted,
+            ssrc=ssrc,
+            payload_type=media.payloadType,
+            rtx_ssrc=rtx_ssrc,
+            rtx_payload_type=rtx.payloadType if rtx is not None else None,
+            header=header_template(extensions.get(MID_URI), transceiver.mid),  # type: ignore[attr-defined]
+            stats=self.stats,
+        )
+        forwarder = self.room.forwarder(kind)
+        report.on_feedback = self._feedback_handler(forwarder, output)
+        self._pending.append((forwarder, output, sender))
+
+    def _feedback_handler(
+        self, forwarder: TrackForwarder, output: Output
+    ) -> Callable[[AnyRtcpPacket], None]:
+        def on_feedback(packet: AnyRtcpPacket) -> None:
+            if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                forwarder.retransmit(output, [seq & 0xFFFF for seq in packet.lost])
+            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                forwarder.request_keyframe()
+            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                pass  # REMB from viewers: aggregation toward the publisher comes later
+
+        return on_feedback
+
+    def on_connected(self) -> None:
+        for forwarder, output, sender in self._pending:
+            try:
+                path = adapter.SrtpSendPath(sender)  # type: ignore[arg-type]
+            except ConnectionError:
+                continue
+            output.send = path.send
+            forwarder.attach(output)
+            self.outputs[forwarder.kind] = (forwarder, output)
+        self._pending.clear()
+
+    def detach(self) -> None:
+        for forwarder, output in self.outputs.values():
+            forwarder.detach(output)
+        self.outputs.clear()
+        self._pending.clear()
+
+
+def _not_connected(packet: bytes) -> None:
+    raise ConnectionError("viewer not connected yet")

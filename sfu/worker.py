@@ -1,0 +1,277 @@
+"""The worker process: serves the gateway's requests, owns rooms and sessions, heartbeats.
+
+Liveness is proven from the event loop itself: a heartbeat that is late means the loop is
+busy or hung, which is exactly what the gateway must notice. A worker whose gateway has
+been unreachable for `gateway_timeout` seconds, or whose parent process changed, exits:
+it must never outlive its controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import socket
+import time
+from dataclasses import dataclass
+
+from ipc import messages as m
+from ipc.channel import Channel, IpcError, RemoteFailure, dealer_channel
+from sfu import __version__
+from sfu.forward import ForwardingStats
+from sfu.room import Room
+from sfu.sdp import ice_credentials
+from sfu.session import (
+    OfferError,
+    PublisherSession,
+    Session,
+    SessionSettings,
+    SubscriberSession,
+)
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    connect: str
+    worker_id: str
+    token: str
+    local: bool
+    parent_pid: int | None
+    gateway_timeout: float
+    session: SessionSettings
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.stats = ForwardingStats()
+        self.rooms: dict[str, Room] = {}
+        self.sessions: dict[str, Session] = {}
+        self.channel: Channel = dealer_channel(config.connect, config.worker_id.encode())
+        self.channel.on_request = self._serve
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.exit_reason = ""
+
+    # --- main loop --------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.channel.start()
+        try:
+            interval = await self._register()
+            if interval is None:
+                return 1
+            await self._heartbeat_loop(interval)
+        finally:
+            await self._close_all("worker stopping")
+            await self.channel.close()
+        return 0
+
+    def stop(self, reason: str) -> None:
+        self.exit_reason = reason
+        self._stopping.set()
+
+    async def _register(self) -> float | None:
+        """Say Hello until the gateway answers; give up after gateway_timeout."""
+        deadline = time.monotonic() + self.config.gateway_timeout
+        hello = m.Hello(
+            worker_id=self.config.worker_id,
+            pid=os.getpid(),
+            protocol=m.PROTOCOL_VERSION,
+            version=__version__,
+            hostname=socket.gethostname(),
+            token=self.config.token,
+            local=self.config.local,
+        )
+        while not self._stopping.is_set():
+            try:
+                answer = await self.channel.request(hello, timeout=HELLO_TIMEOUT)
+            except RemoteFailure as exc:
+                log.error("gateway refused this worker: %s", exc.message)
+                self.exit_reason = f"refused: {exc.message}"
+                return None
+            except IpcError:
+                if time.monotonic() > deadline:
+                    self.exit_reason = "gateway unreachable"
+                    log.error("no gateway at %s for %gs; exiting", self.config.connect, self.config.gateway_timeout)
+                    return None
+                continue
+            if isinstance(answer, m.Welcome):
+                log.info("registered with gateway as %s", self.config.worker_id)
+                return answer.heartbeat_interval
+        return None
+
+    async def _heartbeat_loop(self, interval: float) -> None:
+        last_ack = time.monotonic()
+        cpu_before = time.process_time()
+        wall_before = time.monotonic()
+        packets_before = self.stats.packets_out
+        while not self._stopping.is_set():
+            scheduled = time.monotonic() + interval
+            try:
+                await asyncio.wait_for(self._stopping.wait(), interval)
+                return
+            except TimeoutError:
+                pass
+            now = time.monotonic()
+            if not self._parent_alive():
+                log.error("parent process is gone; exiting")
+                self.exit_reason = "parent gone"
+                return
+            wall = max(now - wall_before, 1e-6)
+            heartbeat = m.Heartbeat(
+                rooms=sorted(self.rooms),
+                sessions=len(self.sessions),
+                forwarded_packets_per_s=(self.stats.packets_out - packets_before) / wall,
+                cpu=(time.process_time() - cpu_before) / wall,
+                rss_bytes=_rss_bytes(),
+                loop_lag_s=max(now - scheduled, 0.0),
+            )
+            cpu_before, wall_before = time.process_time(), now
+            packets_before = self.stats.packets_out
+            try:
+                answer = await self.channel.request(heartbeat, timeout=max(interval * 4, 1.0))
+            except IpcError:
+                if time.monotonic() - last_ack > self.config.gateway_timeout:
+                    log.error("gateway silent for %gs; exiting", self.config.gateway_timeout)
+                    self.exit_reason = "gateway gone"
+                    return
+                continue
+            last_ack = time.monotonic()
+            if isinstance(answer, m.Reregister):
+                log.warning("gateway forgot this worker; closing sessions and registering again")
+                await self._close_all("gateway lost this worker")
+                new_interval = await self._register()
+                if new_interval is None:
+                    return
+                interval = new_interval
+
+    def _parent_alive(self) -> bool:
+        parent = self.config.parent_pid
+        return parent is None or os.getppid() == parent
+
+    # --- requests from the gateway ------------------------------------------------------------
+
+    async def _serve(self, peer: bytes, body: m.Message) -> m.Message:
+        if isinstance(body, m.OpenPublisher):
+            return await self._open(body.room, body.session_id, body.offer, PublisherSession)
+        if isinstance(body, m.OpenSubscriber):
+            return await self._open(body.room, body.session_id, body.offer, SubscriberSession)
+        if isinstance(body, m.AddCandidates):
+            session = self.sessions.get(body.session_id)
+            if session is None:
+                return m.Failure("unknown_session", "no such session")
+            try:
+                await session.add_candidates(body.candidates, body.mid, body.end_of_candidates)
+            except OfferError as exc:
+                return m.Failure("bad_candidate", str(exc))
+            return m.Done()
+        if isinstance(body, m.CloseSession):
+            session = self.sessions.get(body.session_id)
+            if session is None:
+                return m.Failure("unknown_session", "no such session")
+            await session.close("deleted")
+            return m.Done()
+        if isinstance(body, m.CloseRoom):
+            room = self.rooms.get(body.room)
+            if room is not None:
+                ids = [room.publisher_id, *room.subscriber_ids]
+                await asyncio.gather(
+                    *(self.sessions[i].close("room closed") for i in ids if i in self.sessions)
+                )
+            return m.Done()
+        return m.Failure("internal", f"a worker does not serve {type(body).__name__}")
+
+    async def _open(
+        self,
+        room_name: str,
+        session_id: str,
+        offer: str,
+        session_type: type[PublisherSession] | type[SubscriberSession],
+    ) -> m.Message:
+        if session_id in self.sessions:
+            return m.Failure("internal", "session id already in use")
+        room = self.rooms.get(room_name)
+        if session_type is PublisherSession:
+            if room is not None and room.publisher_id is not None:
+                return m.Failure("publisher_exists", f"room {room_name!r} already has a publisher")
+        elif room is None or not room.codecs:
+            return m.Failure("no_room", f"room {room_name!r} has no publisher")
+        if room is None:
+            room = self.rooms[room_name] = Room(room_name, self.stats)
+        session = session_type(
+            room, session_id, self.config.session, self.stats, self._on_state, self._on_closed
+        )
+        self.sessions[session_id] = session
+        if isinstance(session, PublisherSession):
+            room.publisher_id = session_id
+        else:
+            room.subscriber_ids.add(session_id)
+        try:
+            answer = await session.open(offer)
+        except OfferError as exc:
+            await self._discard(session)
+            return m.Failure("bad_offer", str(exc))
+        except Exception as exc:
+            log.exception("opening %s session failed", session.kind)
+            await self._discard(session)
+            return m.Failure("internal", f"{type(exc).__name__}: {exc}")
+        local = session.pc.localDescription
+        ufrag, pwd = ice_credentials(local.sdp)
+        return m.SessionAnswer(answer=answer, ice_ufrag=ufrag, ice_pwd=pwd)
+
+    async def _discard(self, session: Session) -> None:
+        """A session that never got answered: close it without telling the gateway."""
+        session.closed = True
+        session.detach()
+        await session.pc.close()
+        self._forget(session)
+
+    # --- session events -----------------------------------------------------------------------
+
+    def _on_state(self, session: Session, state: str) -> None:
+        self._notify(m.SessionState(session.id, session.room.name, state))
+
+    def _on_closed(self, session: Session, reason: str) -> None:
+        self._forget(session)
+        self._notify(m.SessionState(session.id, session.room.name, "closed", reason))
+
+    def _forget(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        room = session.room
+        if room.publisher_id == session.id:
+            room.publisher_id = None
+        room.subscriber_ids.discard(session.id)
+        if room.empty and self.rooms.get(room.name) is room:
+            room.close()
+            del self.rooms[room.name]
+
+    def _notify(self, body: m.Message) -> None:
+        if self.channel.closed:
+            return
+        task = asyncio.get_running_loop().create_task(self._send_notification(body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_notification(self, body: m.Message) -> None:
+        try:
+            await self.channel.notify(body)
+        except IpcError as exc:
+            log.info("could not notify the gateway: %s", exc)
+
+    async def _close_all(self, reason: str) -> None:
+        sessions = list(self.sessions.values())
+        await asyncio.gather(*(s.close(reason) for s in sessions), return_exceptions=True)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
