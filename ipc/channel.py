@@ -212,9 +212,7 @@ def _configure(socket: zmq.asyncio.Socket) -> None:
     socket.setsockopt(zmq.MAXMSGSIZE, codec.MAX_MESSAGE_BYTES)
 
 
-def router_channel(
-    endpoints: list[str], context: zmq.asyncio.Context | None = None
-) -> Channel:
+def router_channel(endpoints: list[str], context: zmq.asyncio.Context | None = None) -> Channel:
     """The gateway's side: a ROUTER bound to every endpoint (ipc:// and/or tcp://)."""
     ctx = context or zmq.asyncio.Context.instance()
     socket = ctx.socket(zmq.ROUTER)

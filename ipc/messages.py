@@ -1,6 +1,6 @@
 """Every message exchanged between the gateway and its workers.
 
-A message is a frozen msgspec Struct; the body of every frame is a tagged union of them.
+A message is a msgspec Struct; the body of every frame is a tagged union of them.
 Bump PROTOCOL_VERSION whenever a field changes meaning; a worker announcing another version
 is refused at registration.
 """
@@ -12,7 +12,7 @@ import msgspec
 PROTOCOL_VERSION = 1
 
 
-class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="t"):
+class _Msg(msgspec.Struct, forbid_unknown_fields=True, tag_field="t"):
     pass
 
 
@@ -44,6 +44,11 @@ class Heartbeat(_Msg, tag="heartbeat"):
     cpu: float  # fraction of one core used since the previous heartbeat
     rss_bytes: int = 0
     loop_lag_s: float = 0.0
+    # Counters since the worker started (the gateway turns them into monotonic metrics).
+    packets_in: int = 0
+    packets_out: int = 0
+    bytes_out: int = 0
+    dropped_packets: int = 0
 
 
 class HeartbeatAck(_Msg, tag="heartbeat_ack"):

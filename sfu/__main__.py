@@ -52,7 +52,9 @@ SETTINGS = [
         "(default: every non-loopback address, loopback if there is none)",
         parse_ip_list,
     ),
-    Setting("public_ip", "PUBLIC_IP", "", "IP to announce in candidates (1:1 NAT)", parse_optional_ip),
+    Setting(
+        "public_ip", "PUBLIC_IP", "", "IP to announce in candidates (1:1 NAT)", parse_optional_ip
+    ),
     Setting(
         "session_connect_timeout",
         "SESSION_CONNECT_TIMEOUT",
@@ -67,8 +69,16 @@ SETTINGS = [
         "seconds without the gateway before this worker exits",
         parse_positive_float,
     ),
-    Setting("parent_pid", "SFU_PARENT_PID", "", "exit when this parent process goes away", lambda v: int(v) if v else None),
-    Setting("log_level", "LOG_LEVEL", "info", "debug, info, warning or error", lambda v: _log_level(v)),
+    Setting(
+        "parent_pid",
+        "SFU_PARENT_PID",
+        "",
+        "exit when this parent process goes away",
+        lambda v: int(v) if v else None,
+    ),
+    Setting(
+        "log_level", "LOG_LEVEL", "info", "debug, info, warning or error", lambda v: _log_level(v)
+    ),
 ]
 
 
@@ -85,9 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         die(PROG, "--connect (SFU_CONNECT) is required, e.g. ipc:///run/sfu/gateway.sock")
     if not options.connect.startswith(("ipc://", "tcp://")):
         die(PROG, f"invalid value {options.connect!r} for SFU_CONNECT: expected ipc:// or tcp://")
+    name = options.worker_id or "worker"
     logging.basicConfig(
         level=options.log_level,
-        format=f"%(asctime)s {options.worker_id or 'worker'}[%(process)d] %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
     # aioice logs every failed check at INFO; a media server only needs its warnings.
     logging.getLogger("aioice").setLevel(max(options.log_level, logging.WARNING))

@@ -34,7 +34,7 @@ import aiortc
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
-from aiortc.rtp import AnyRtcpPacket
+from aiortc.rtp import AnyRtcpPacket, RtcpPacket, RtpPacket
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def install_port_range(loop: asyncio.AbstractEventLoop, ports: PortRange) -> Non
             return await original(protocol_factory, sock=sock)
         return await original(protocol_factory, local_addr=local_addr, **kwargs)
 
-    loop.create_datagram_endpoint = create_datagram_endpoint  # type: ignore[method-assign]
+    loop.create_datagram_endpoint = create_datagram_endpoint  # type: ignore[method-assign,assignment]
 
 
 # --- negotiation -------------------------------------------------------------------------
@@ -193,64 +193,46 @@ def bundle_transport(pc: RTCPeerConnection) -> RTCDtlsTransport:
 
 def hook_ingress(
     pc: RTCPeerConnection,
-    on_rtp: RawRtpHandler,
-    on_rtcp: RawRtpHandler | None,
+    on_rtp: RawRtpHandler | None,
     count_drop: DropCounter,
 ) -> None:
-    """Feed every decrypted RTP (and RTCP) packet of `pc` to our handlers first.
+    """Feed every decrypted RTP packet of `pc` to `on_rtp` first, then to aiortc.
 
     Must be called after setRemoteDescription (BUNDLE discards the other transports there).
-    Our handlers run synchronously; aiortc's own handling follows. Nothing raised by a
-    hostile packet may escape: that would close the transport.
+    This replaces aiortc's two dispatch methods with the same parse-and-route steps, with
+    two differences: our handler sees the raw bytes first, and every parse failure (not
+    only ValueError: struct.error escapes aiortc and closes the transport, aiortc#745) is
+    dropped and counted. Used on viewers too (on_rtp=None), where RTP is not expected.
     """
     dtls = bundle_transport(pc)
-    stock_rtp = dtls._handle_rtp_data
-    stock_rtcp = dtls._handle_rtcp_data
+    router = dtls._rtp_router
+    extensions_map = dtls._rtp_header_extensions_map
 
     async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
-        try:
-            on_rtp(data)
-        except Exception:
-            count_drop("forward_error")
-            log.exception("forwarding failed for one packet")
-        try:
-            await stock_rtp(data, arrival_time_ms)
-        except PARSE_ERRORS:
-            count_drop("malformed_rtp")
-
-    async def handle_rtcp_data(data: bytes) -> None:
-        if on_rtcp is not None:
+        if on_rtp is not None:
             try:
-                on_rtcp(data)
+                on_rtp(data)
             except Exception:
                 count_drop("forward_error")
-                log.exception("RTCP handling failed for one packet")
+                log.exception("forwarding failed for one packet")
         try:
-            await stock_rtcp(data)
-        except PARSE_ERRORS:
-            count_drop("malformed_rtcp")
-
-    dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
-    dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
-
-
-def guard_rtcp(pc: RTCPeerConnection, count_drop: DropCounter) -> None:
-    """Viewers' transports: hostile RTCP or stray RTP is dropped and counted, never fatal."""
-    dtls = bundle_transport(pc)
-    stock_rtp = dtls._handle_rtp_data
-    stock_rtcp = dtls._handle_rtcp_data
-
-    async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
-        try:
-            await stock_rtp(data, arrival_time_ms)
+            packet = RtpPacket.parse(data, extensions_map)
         except PARSE_ERRORS:
             count_drop("malformed_rtp")
+            return
+        receiver = router.route_rtp(packet)
+        if receiver is not None:
+            await receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)
 
     async def handle_rtcp_data(data: bytes) -> None:
         try:
-            await stock_rtcp(data)
+            packets = RtcpPacket.parse(data)
         except PARSE_ERRORS:
             count_drop("malformed_rtcp")
+            return
+        for packet in packets:
+            for recipient in router.route_rtcp(packet):
+                await recipient._handle_rtcp_packet(packet)
 
     dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
     dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
@@ -343,13 +325,15 @@ class ForwardingSender(RTCRtpSender):
 
     async def _run_rtp(self, codec: RTCRtpCodecParameters) -> None:
         # Parked: no encoder and no 20 ms polling; the forwarder sends for us.
-        self._RTCRtpSender__rtp_started.set()
+        started: asyncio.Event = getattr(self, "_RTCRtpSender__rtp_started")  # noqa: B009
+        exited: asyncio.Event = getattr(self, "_RTCRtpSender__rtp_exited")  # noqa: B009
+        started.set()
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
             pass
         finally:
-            self._RTCRtpSender__rtp_exited.set()
+            exited.set()
 
     async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
         on_feedback = self._sfu_state.on_feedback

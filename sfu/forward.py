@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from sfu.rtp import (
     BYTE1_SEQ_TS_SSRC,
@@ -32,6 +33,9 @@ from sfu.rtp import (
 CACHE_SIZE = 1024  # a power of two, and <= the SRTP replay window of 1024
 _CACHE_MASK = CACHE_SIZE - 1
 KEYFRAME_REQUEST_INTERVAL = 0.5  # seconds between keyframe requests sent to a publisher
+# A publisher may restart its encoder under a new SSRC, but a stray packet with another SSRC
+# must not hijack the stream: switch only after the current source has been this quiet.
+SOURCE_SWITCH_SILENCE = 1.0
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,8 @@ class ForwardingStats:
         self.send_errors = 0
 
 
-class SenderReportState:
-    """Protocol of what an Output updates for its sender reports (see aiortc_adapter)."""
+class SenderReportState(Protocol):
+    """What an Output updates for its sender reports (aiortc_adapter.SenderState)."""
 
     packets: int
     octets: int
@@ -150,7 +154,9 @@ class Output:
         out_ts = (ts + self.ts_offset) & 0xFFFFFFFF
         header = self.header
         header[0] = (header[0] & ~PADDING_BIT) | flags
-        BYTE1_SEQ_TS_SSRC.pack_into(header, 1, marker | self.payload_type, out_seq, out_ts, self.ssrc)
+        BYTE1_SEQ_TS_SSRC.pack_into(
+            header, 1, marker | self.payload_type, out_seq, out_ts, self.ssrc
+        )
         try:
             self.send(bytes(header) + payload)
         except Exception:
@@ -211,6 +217,7 @@ class TrackForwarder:
         self.cache: list[CachedPacket | None] = [None] * CACHE_SIZE
         self.epoch = 0
         self.source_ssrc: int | None = None
+        self._source_seen = 0.0
         self.has_media = False
         self._keyframe_requester: KeyframeRequester | None = None
         self._last_keyframe_request = -KEYFRAME_REQUEST_INTERVAL
@@ -243,14 +250,21 @@ class TrackForwarder:
             stats.dropped += 1
             return
         seq, ts = SEQ_TS.unpack_from(data, 2)
+        now = time.time()
         if rtx:
             if len(data) - offset - pad < 3:  # padding-only probe or empty
                 return
             seq = (data[offset] << 8) | data[offset + 1]
             offset += 2
         elif ssrc != self.source_ssrc:
+            if self.source_ssrc is not None and now - self._source_seen < SOURCE_SWITCH_SILENCE:
+                stats.dropped += 1
+                return
             self.source_ssrc = ssrc
             self.epoch += 1
+            self._source_seen = now
+        else:
+            self._source_seen = now
         if len(data) - pad <= offset:
             return  # padding-only packet: nothing a viewer needs
         stats.packets_in += 1
@@ -261,7 +275,6 @@ class TrackForwarder:
         epoch = self.epoch
         self.cache[seq & _CACHE_MASK] = (seq, ts, flags, marker, payload, epoch)
         self.has_media = True
-        now = time.time()
         for output in self.outputs:
             output.forward(seq, ts, flags, marker, payload, now, epoch)
         stats.packets_out += len(self.outputs)

@@ -39,7 +39,7 @@ def parse_offer(sdp: str) -> aiortc_sdp.SessionDescription:
     if len(description.media) > MAX_OFFER_MEDIA_SECTIONS:
         raise ValueError(f"the offer has more than {MAX_OFFER_MEDIA_SECTIONS} media sections")
     for section in media:
-        if not section.ice.usernameFragment or not section.ice.password:
+        if section.ice is None or not section.ice.usernameFragment or not section.ice.password:
             raise ValueError(f"the {section.kind} section has no ice-ufrag/ice-pwd")
         if section.dtls is None or not section.dtls.fingerprints:
             raise ValueError(f"the {section.kind} section has no DTLS fingerprint")

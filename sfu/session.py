@@ -187,7 +187,7 @@ class PublisherSession(Session):
         self._route_tracks()
         if not self._routes:
             raise OfferError("none of the offered audio/video codecs can be forwarded")
-        adapter.hook_ingress(self.pc, self._on_rtp, None, self.count_drop)
+        adapter.hook_ingress(self.pc, self._on_rtp, self.count_drop)
         self._watch_connection()
         return answer
 
@@ -216,7 +216,7 @@ class PublisherSession(Session):
                 continue
             codecs = adapter.negotiated_codecs(transceiver)
             media = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
-            if media is None:
+            if media is None or media.payloadType is None:
                 continue
             seen.add(kind)
             forwarder = self.room.forwarder(kind)
@@ -226,7 +226,8 @@ class PublisherSession(Session):
             self.codecs[kind] = media
             self._routes[media.payloadType] = (forwarder, False)
             for codec in codecs:
-                if codec.mimeType.lower().endswith("/rtx"):
+                is_rtx = codec.mimeType.lower().endswith("/rtx")
+                if is_rtx and codec.payloadType is not None:
                     if codec.parameters.get("apt") == media.payloadType:
                         self._routes[codec.payloadType] = (forwarder, True)
         self.room.publisher_codecs_changed(self.codecs)
@@ -284,7 +285,9 @@ class SubscriberSession(Session):
         if not kinds:
             raise OfferError("a WHEP offer must receive audio or video (recvonly or sendrecv)")
         room_codecs = self.room.codecs
-        wanted: dict[str, RTCRtpCodecParameters] = {k: room_codecs[k] for k in kinds if k in room_codecs}
+        wanted: dict[str, RTCRtpCodecParameters] = {
+            k: room_codecs[k] for k in kinds if k in room_codecs
+        }
         if not wanted:
             sent = ", ".join(sorted(room_codecs)) or "nothing yet"
             raise OfferError(f"the offer receives {'/'.join(kinds)} but the room sends {sent}")
@@ -300,7 +303,7 @@ class SubscriberSession(Session):
             answer = await self._answer(strip_mdns_candidates(offer_sdp))
         except OfferError:
             raise OfferError(self._codec_mismatch(description, wanted)) from None
-        adapter.guard_rtcp(self.pc, self.count_drop)
+        adapter.hook_ingress(self.pc, None, self.count_drop)
         for kind, transceiver in transceivers.items():
             self._prepare_output(kind, transceiver, codec_key(wanted[kind]))
         if not self._pending:
@@ -313,19 +316,22 @@ class SubscriberSession(Session):
         parts = []
         for kind, codec in wanted.items():
             offered = ", ".join(offered_codec_names(description, kind)) or "none"  # type: ignore[arg-type]
-            parts.append(f"{kind}: the room sends {codec_key(codec).describe()}, the offer accepts {offered}")
+            parts.append(
+                f"{kind}: the room sends {codec_key(codec).describe()}, the offer accepts {offered}"
+            )
         return "no common codec with the room's publisher (" + "; ".join(parts) + ")"
 
     def _prepare_output(self, kind: str, transceiver: object, wanted: CodecKey) -> None:
         codecs = adapter.negotiated_codecs(transceiver)  # type: ignore[arg-type]
         media = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
-        if media is None or codec_key(media) != wanted:
+        if media is None or media.payloadType is None or codec_key(media) != wanted:
             return
         rtx = next(
             (
                 c
                 for c in codecs
-                if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") == media.payloadType
+                if c.mimeType.lower().endswith("/rtx")
+                and c.parameters.get("apt") == media.payloadType
             ),
             None,
         )
@@ -354,7 +360,10 @@ class SubscriberSession(Session):
         def on_feedback(packet: AnyRtcpPacket) -> None:
             if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
                 forwarder.retransmit(output, [seq & 0xFFFF for seq in packet.lost])
-            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (
+                RTCP_PSFB_PLI,
+                RTCP_PSFB_FIR,
+            ):
                 forwarder.request_keyframe()
             elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
                 pass  # REMB from viewers: aggregation toward the publisher comes later

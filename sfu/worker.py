@@ -98,7 +98,11 @@ class Worker:
             except IpcError:
                 if time.monotonic() > deadline:
                     self.exit_reason = "gateway unreachable"
-                    log.error("no gateway at %s for %gs; exiting", self.config.connect, self.config.gateway_timeout)
+                    log.error(
+                        "no gateway at %s for %gs; exiting",
+                        self.config.connect,
+                        self.config.gateway_timeout,
+                    )
                     return None
                 continue
             if isinstance(answer, m.Welcome):
@@ -131,6 +135,10 @@ class Worker:
                 cpu=(time.process_time() - cpu_before) / wall,
                 rss_bytes=_rss_bytes(),
                 loop_lag_s=max(now - scheduled, 0.0),
+                packets_in=self.stats.packets_in,
+                packets_out=self.stats.packets_out,
+                bytes_out=self.stats.bytes_out,
+                dropped_packets=self.stats.dropped,
             )
             cpu_before, wall_before = time.process_time(), now
             packets_before = self.stats.packets_out

@@ -1,0 +1,85 @@
+"""The pure RTP helpers of the forwarding path."""
+
+import struct
+
+import pytest
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+from sfu.rtp import MID_URI, header_template, is_rtcp, parse_nack_fci, payload_offset, seq_newer
+
+
+def _packet(**kwargs: object) -> bytes:
+    packet = RtpPacket(payload_type=96, sequence_number=7, timestamp=1234, ssrc=42)
+    packet.payload = b"\x01\x02\x03"
+    for key, value in kwargs.items():
+        setattr(packet, key, value)
+    return packet.serialize()
+
+
+def test_payload_offset_plain_header() -> None:
+    data = _packet()
+    assert payload_offset(data) == 12
+    assert data[payload_offset(data) :] == b"\x01\x02\x03"
+
+
+def test_payload_offset_skips_csrcs_and_extension() -> None:
+    packet = RtpPacket(payload_type=96, sequence_number=1, timestamp=2, ssrc=3)
+    packet.csrc = [10, 11]
+    packet.payload = b"xyz"
+    ext_map = HeaderExtensionsMap()
+    ext_map.configure(
+        RTCRtpParameters(headerExtensions=[RTCRtpHeaderExtensionParameters(id=4, uri=MID_URI)])
+    )
+    packet.extensions.mid = "video0"
+    data = packet.serialize(ext_map)
+    assert data[payload_offset(data) :] == b"xyz"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x80" * 11,
+        b"\x40" + b"\x00" * 20,  # version 1
+        b"\x8f" + b"\x00" * 20,  # 15 CSRCs announced, 21 bytes present
+        b"\x90" + b"\x00" * 11,  # extension bit, no extension header
+        b"\x90" + b"\x00" * 11 + b"\xbe\xde\xff\xff",  # extension longer than the packet
+    ],
+)
+def test_payload_offset_rejects_truncated_headers(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        payload_offset(data)
+
+
+def test_header_template_carries_mid_in_one_byte_extension() -> None:
+    header = header_template(9, "1")
+    header[1] = 100
+    data = bytes(header) + b"payload"
+    ext_map = HeaderExtensionsMap()
+    ext_map.configure(
+        RTCRtpParameters(headerExtensions=[RTCRtpHeaderExtensionParameters(id=9, uri=MID_URI)])
+    )
+    parsed = RtpPacket.parse(data, ext_map)
+    assert parsed.extensions.mid == "1"
+    assert parsed.payload == b"payload"
+    assert parsed.payload_type == 100
+
+
+def test_header_template_without_mid_is_bare() -> None:
+    assert bytes(header_template(None, None)) == b"\x80" + b"\x00" * 11
+
+
+def test_nack_lost_list_wraps_at_16_bits() -> None:
+    assert parse_nack_fci([(65535, 0b11)]) == [65535, 0, 1]
+
+
+def test_rtcp_demultiplexing() -> None:
+    assert is_rtcp(struct.pack("!BBH", 0x80, 200, 6))
+    assert not is_rtcp(_packet())
+
+
+def test_sequence_arithmetic_wraps() -> None:
+    assert seq_newer(1, 65535)
+    assert not seq_newer(65535, 1)
+    assert not seq_newer(5, 5)
