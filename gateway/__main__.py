@@ -1,0 +1,185 @@
+"""sfu-gateway: the HTTP front (WHIP/WHEP) and supervisor of the media workers.
+
+Never imports aiortc, av or sfu: media lives in the worker processes only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import ssl
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import uvloop
+import zmq
+from aiohttp import web
+
+from gateway.app import API_KEY, make_app
+from gateway.config import PROG, GatewayConfig, load_config
+from gateway.directory import Directory
+from gateway.registry import Registry
+from gateway.supervisor import Supervisor
+from ipc.channel import IpcError, router_channel
+from ipc.settings import die
+
+log = logging.getLogger("gateway")
+
+HTTP_SHUTDOWN_TIMEOUT_S = 5.0
+CLOSE_SESSIONS_TIMEOUT_S = 5.0
+EXIT_OK = 0
+EXIT_STARTUP_FAILED = 1
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def build_ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
+    if not config.tls_enabled:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        die(PROG, f"TLS_CERT_FILE/TLS_KEY_FILE cannot be loaded: {exc}")
+    return context
+
+
+@dataclass
+class StopSignals:
+    """Signal handlers only set events: the first asks for a graceful stop, a second a fast one."""
+
+    graceful: asyncio.Event = field(default_factory=asyncio.Event)
+    fast: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_signal(self, signum: int) -> None:
+        if self.graceful.is_set():
+            self.fast.set()
+        else:
+            self.graceful.set()
+        log.info("received %s", signal.Signals(signum).name)
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.on_signal, signum)
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, ssl_context: ssl.SSLContext | None) -> None:
+        self.config = config
+        self.ssl_context = ssl_context
+        self._own_ipc_dir = not config.ipc_dir
+        self.ipc_dir = config.ipc_dir or tempfile.mkdtemp(prefix="sfu-gw-")
+        self.ipc_endpoint = f"ipc://{self.ipc_dir}/gateway.sock"
+        self.registry: Registry | None = None
+        self.supervisor: Supervisor | None = None
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Bind IPC, then HTTP, then spawn workers; raises OSError/ZMQError on a bind failure."""
+        os.makedirs(self.ipc_dir, mode=0o700, exist_ok=True)
+        endpoints = [self.ipc_endpoint]
+        if self.config.worker_listen:
+            endpoints.append(self.config.worker_listen)
+        channel = router_channel(endpoints)
+        self.registry = Registry(self.config, channel, Directory())
+        self.supervisor = Supervisor(self.config, self.ipc_endpoint, self.registry.worker_exited)
+        self.registry.local_pid_of = self.supervisor.pid_of
+        self.registry.on_worker_registered = self.supervisor.worker_registered
+        self.registry.on_worker_lost = self.supervisor.kill_worker
+        self.registry.start()
+
+        app = make_app(self.config, self.registry)
+        self.runner = web.AppRunner(app, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
+        await self.runner.setup()
+        address = self.config.http_addr
+        site = web.TCPSite(self.runner, address.host, address.port, ssl_context=self.ssl_context)
+        await site.start()
+        self.supervisor.start()
+        scheme = "https" if self.ssl_context else "http"
+        log.info(
+            "%s listening on %s with %d local workers%s",
+            PROG,
+            address.url(scheme),
+            self.config.workers,
+            f", remote workers on {self.config.worker_listen}" if self.config.worker_listen else "",
+        )
+
+    async def _close_all_rooms(self) -> None:
+        if self.registry is None:
+            return
+        registry = self.registry
+        rooms = [(r.worker_id, r.name) for r in registry.directory.rooms.values()]
+        if not rooms:
+            return
+        log.info("closing %d rooms", len(rooms))
+        results = await asyncio.gather(
+            *(registry.close_room(worker_id, room) for worker_id, room in rooms),
+            return_exceptions=True,
+        )
+        for (_worker_id, room), result in zip(rooms, results, strict=True):
+            if isinstance(result, IpcError):
+                log.info("closing room %s: %s", room, result)
+
+    async def stop(self, graceful: bool) -> None:
+        if self.runner is not None and graceful:
+            self.runner.app[API_KEY].start_draining()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._close_all_rooms(), CLOSE_SESSIONS_TIMEOUT_S)
+        if self.registry is not None:
+            self.registry.shutting_down = True
+        if self.supervisor is not None:
+            await self.supervisor.stop(graceful=graceful)
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.registry is not None:
+            await self.registry.stop()
+        if self._own_ipc_dir:
+            shutil.rmtree(self.ipc_dir, ignore_errors=True)
+
+
+async def serve(config: GatewayConfig, ssl_context: ssl.SSLContext | None) -> int:
+    signals = StopSignals()
+    signals.install(asyncio.get_running_loop())
+    gateway = Gateway(config, ssl_context)
+    try:
+        await gateway.start()
+    except (OSError, zmq.ZMQError) as exc:
+        log.error("cannot start: %s", exc)
+        await gateway.stop(graceful=False)
+        return EXIT_STARTUP_FAILED
+    await signals.graceful.wait()
+    log.info("stopping (a second signal stops at once)")
+    graceful = asyncio.create_task(gateway.stop(graceful=True))
+    fast = asyncio.create_task(signals.fast.wait())
+    await asyncio.wait({graceful, fast}, return_when=asyncio.FIRST_COMPLETED)
+    if not graceful.done():
+        log.warning("second signal: stopping now")
+        graceful.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await graceful
+        await gateway.stop(graceful=False)
+    fast.cancel()
+    log.info("stopped")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = load_config(argv)
+    configure_logging(config.log_level)
+    ssl_context = build_ssl_context(config)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(serve(config, ssl_context))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,283 @@
+"""The gateway's settings: one flag and one environment variable each.
+
+Names marked "live-webrtc-go" keep that server's environment variable so operators can
+migrate without renaming anything. Values that are only invalid in combination (TLS pair,
+UDP port split) are checked after parsing and also end the program with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from ipc.settings import (
+    Setting,
+    die,
+    load,
+    parse_csv,
+    parse_int_range,
+    parse_ip_list,
+    parse_optional_ip,
+    parse_port_range,
+    parse_positive_float,
+)
+
+PROG = "sfu-gateway"
+DESCRIPTION = "WHIP/WHEP HTTP gateway of live-sfu; supervises the media workers."
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_BODY_LIMIT = 64 * 1024 * 1024
+# sockaddr_un.sun_path is 108 bytes on Linux; leave room for "/gateway.sock" and the NUL.
+MAX_IPC_DIR_LENGTH = 90
+
+
+@dataclass(frozen=True)
+class HttpAddress:
+    host: str | None  # None: every interface
+    port: int
+
+    def url(self, scheme: str) -> str:
+        host = self.host or "0.0.0.0"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port}"
+
+
+def parse_http_addr(raw: str) -> HttpAddress:
+    """':8080', 'host:8080' or '[::1]:8080' (the Go net.Listen forms live-webrtc-go accepts)."""
+    text = raw.strip()
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ValueError("expected [IPv6]:PORT")
+        ipaddress.IPv6Address(host)
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError("expected :PORT, HOST:PORT or [IPv6]:PORT")
+        if ":" in host:
+            raise ValueError("put an IPv6 address in brackets: [IPv6]:PORT")
+    port = parse_int_range(1, 65535)(port_text)
+    return HttpAddress(host or None, port)
+
+
+def parse_workers(raw: str) -> int:
+    """'auto' (or empty) -> one per CPU; '0' -> no local worker (remote workers only)."""
+    text = raw.strip().lower()
+    if text in ("auto", ""):
+        return os.cpu_count() or 1
+    return parse_int_range(0, 1024)(text)
+
+
+def parse_worker_listen(raw: str) -> str:
+    text = raw.strip()
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme != "tcp" or not parts.hostname or parts.port is None:
+        raise ValueError("expected tcp://HOST:PORT, e.g. tcp://0.0.0.0:7700")
+    return text
+
+
+def parse_ipc_dir(raw: str) -> str:
+    text = raw.strip()
+    if len(text) > MAX_IPC_DIR_LENGTH:
+        raise ValueError(f"path longer than {MAX_IPC_DIR_LENGTH} characters (unix socket limit)")
+    return text
+
+
+def _parse_ice_urls(raw: str, schemes: tuple[str, ...]) -> list[str]:
+    urls = parse_csv(raw)
+    for url in urls:
+        scheme, sep, rest = url.partition(":")
+        if not sep or scheme.lower() not in schemes or not rest:
+            raise ValueError(f"{url!r} must start with {' or '.join(s + ':' for s in schemes)}")
+    return urls
+
+
+def parse_stun_urls(raw: str) -> list[str]:
+    return _parse_ice_urls(raw, ("stun", "stuns"))
+
+
+def parse_turn_urls(raw: str) -> list[str]:
+    return _parse_ice_urls(raw, ("turn", "turns"))
+
+
+def parse_log_level(raw: str) -> str:
+    level = raw.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("http_addr", "HTTP_ADDR", ":8080", "HTTP listen address", parse_http_addr),
+    Setting(
+        "workers",
+        "WORKERS",
+        "auto",
+        "local media worker processes; auto = one per CPU, 0 = remote workers only",
+        parse_workers,
+    ),
+    Setting(
+        "worker_listen",
+        "WORKER_LISTEN",
+        "",
+        "also accept remote workers on this tcp:// endpoint",
+        parse_worker_listen,
+    ),
+    Setting(
+        "ipc_dir",
+        "IPC_DIR",
+        "",
+        "directory of the local worker socket; empty = a fresh private temp dir",
+        parse_ipc_dir,
+    ),
+    Setting(
+        "stun_urls",
+        "STUN_URLS",
+        "stun:stun.l.google.com:19302",
+        "comma separated STUN URLs",
+        parse_stun_urls,
+    ),
+    Setting("turn_urls", "TURN_URLS", "", "comma separated turn:/turns: URLs", parse_turn_urls),
+    Setting("turn_username", "TURN_USERNAME", "", "static TURN username"),
+    Setting("turn_password", "TURN_PASSWORD", "", "static TURN password"),
+    Setting(
+        "max_subs_per_room",
+        "MAX_SUBS_PER_ROOM",
+        "0",
+        "subscribers per room, pending ones included; 0 = unlimited",
+        parse_int_range(0, 1_000_000),
+    ),
+    Setting("tls_cert_file", "TLS_CERT_FILE", "", "PEM certificate; serve HTTPS with TLS_KEY_FILE"),
+    Setting("tls_key_file", "TLS_KEY_FILE", "", "PEM private key for TLS_CERT_FILE"),
+    Setting(
+        "max_body_bytes",
+        "MAX_BODY_BYTES",
+        "1048576",
+        "largest accepted request body (SDP offer or trickle fragment)",
+        parse_int_range(1024, MAX_BODY_LIMIT),
+    ),
+    Setting(
+        "udp_ports",
+        "UDP_PORTS",
+        "",
+        "media UDP port range LOW-HIGH, split evenly between local workers; empty = OS choice",
+        parse_port_range,
+    ),
+    Setting(
+        "bind_addresses",
+        "BIND_ADDRESSES",
+        "",
+        "comma separated IPs for media sockets",
+        parse_ip_list,
+    ),
+    Setting(
+        "public_ip", "PUBLIC_IP", "", "IP announced in candidates (1:1 NAT)", parse_optional_ip
+    ),
+    Setting(
+        "session_connect_timeout",
+        "SESSION_CONNECT_TIMEOUT",
+        "30",
+        "seconds a new session may take to connect before it is closed",
+        parse_positive_float,
+    ),
+    Setting("worker_token", "WORKER_TOKEN", "", "shared secret remote workers present in Hello"),
+    Setting(
+        "heartbeat_interval",
+        "HEARTBEAT_INTERVAL",
+        "0.25",
+        "seconds between worker heartbeats",
+        parse_positive_float,
+    ),
+    Setting(
+        "worker_timeout",
+        "WORKER_TIMEOUT",
+        "1.5",
+        "seconds without a heartbeat after which a worker is declared dead",
+        parse_positive_float,
+    ),
+    Setting(
+        "ipc_timeout",
+        "IPC_TIMEOUT",
+        "10",
+        "seconds to wait for a worker's answer",
+        parse_positive_float,
+    ),
+    Setting("log_level", "LOG_LEVEL", "info", "debug, info, warning or error", parse_log_level),
+)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    http_addr: HttpAddress
+    workers: int
+    worker_listen: str
+    ipc_dir: str
+    stun_urls: list[str]
+    turn_urls: list[str]
+    turn_username: str
+    turn_password: str
+    max_subs_per_room: int
+    tls_cert_file: str
+    tls_key_file: str
+    max_body_bytes: int
+    udp_ports: tuple[int, int] | None
+    bind_addresses: list[str]
+    public_ip: str | None
+    session_connect_timeout: float
+    worker_token: str
+    heartbeat_interval: float
+    worker_timeout: float
+    ipc_timeout: float
+    log_level: str
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert_file)
+
+
+def split_port_range(ports: tuple[int, int], slots: int) -> list[tuple[int, int]]:
+    """Cut LOW-HIGH into `slots` contiguous sub-ranges; the first ones get the remainder."""
+    low, high = ports
+    total = high - low + 1
+    size, extra = divmod(total, slots)
+    ranges: list[tuple[int, int]] = []
+    start = low
+    for slot in range(slots):
+        width = size + (1 if slot < extra else 0)
+        ranges.append((start, start + width - 1))
+        start += width
+    return ranges
+
+
+def _check_combinations(config: GatewayConfig) -> None:
+    if bool(config.tls_cert_file) != bool(config.tls_key_file):
+        die(PROG, "TLS_CERT_FILE and TLS_KEY_FILE must be set together (or neither)")
+    tls_files = (("TLS_CERT_FILE", config.tls_cert_file), ("TLS_KEY_FILE", config.tls_key_file))
+    for env, path in tls_files:
+        if path and not os.path.isfile(path):
+            die(PROG, f"{env}={path!r}: no such file")
+    if config.udp_ports is not None and config.workers > 0:
+        low, high = config.udp_ports
+        if (high - low + 1) < 2 * config.workers:
+            die(
+                PROG,
+                f"UDP_PORTS={low}-{high} has {high - low + 1} ports, "
+                f"fewer than 2 for each of {config.workers} workers",
+            )
+    if config.worker_timeout <= config.heartbeat_interval:
+        die(PROG, "WORKER_TIMEOUT must be longer than HEARTBEAT_INTERVAL")
+
+
+def load_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> GatewayConfig:
+    namespace: argparse.Namespace = load(PROG, DESCRIPTION, SETTINGS, argv, environ)
+    config = GatewayConfig(**vars(namespace))
+    _check_combinations(config)
+    return config

@@ -1,0 +1,124 @@
+"""The gateway with real local workers (`python -m sfu`): supervision and one media round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import aiohttp
+import pytest
+from gateway_testkit import OFFER, REPO, GatewayProcess, child_env, wait_until
+
+pytestmark = pytest.mark.skipif(
+    not (REPO / "sfu" / "__main__.py").exists(), reason="the sfu worker is not there"
+)
+PEER = REPO / "tests" / "clients" / "peer.py"
+SDP = {"Content-Type": "application/sdp"}
+
+
+async def ready(http: aiohttp.ClientSession, gateway: GatewayProcess, within: float) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        async with http.get(gateway.url + "/readyz") as response:
+            if response.status == 200:
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gateway not ready:\n{gateway.log()}")
+        await asyncio.sleep(0.05)
+
+
+def worker_pid(gateway: GatewayProcess, slot: int = 0) -> int:
+    """The pid of the newest registered local-{slot}, from the gateway's log."""
+    pattern = rf"worker local-{slot} registered \(pid (\d+)"
+    return int(re.findall(pattern, gateway.log())[-1])
+
+
+async def local_gateway(
+    start_gateway: Callable[..., GatewayProcess], http: aiohttp.ClientSession
+) -> GatewayProcess:
+    gateway = start_gateway("--workers", "1", "--bind-addresses", "127.0.0.1", "--stun-urls", "")
+    await gateway.wait_healthy()
+    await ready(http, gateway, within=20)
+    return gateway
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
+async def test_dead_local_worker_is_replaced(
+    start_gateway: Callable[..., GatewayProcess],
+    http: aiohttp.ClientSession,
+    how: signal.Signals,
+) -> None:
+    gateway = await local_gateway(start_gateway, http)
+    first = worker_pid(gateway)
+    url = gateway.url + "/api/whip/publish/r"
+    async with http.post(url, data=OFFER, headers=SDP) as response:
+        # Any SDP verdict will do; what matters is that a session may exist on that worker.
+        location = response.headers.get("Location")
+    os.kill(first, how)
+    started = time.monotonic()
+    await wait_until(
+        lambda: f"process {first} exited" in gateway.log() or "no heartbeat" in gateway.log(),
+        2.0,
+        "the gateway to declare the worker dead",
+    )
+    assert time.monotonic() - started < 2.0
+    if location:
+        async with http.get(gateway.url + location) as r:
+            assert r.status == 404
+    await wait_until(lambda: worker_pid(gateway) != first, 15, "a replacement worker")
+    await ready(http, gateway, within=5)
+    await wait_until(lambda: _gone(first), 5, "the old worker to be reaped")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie is gone for our purposes only once its parent reaped it.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split()[2] == "Z"
+
+
+async def test_stop_leaves_no_worker_behind(
+    start_gateway: Callable[..., GatewayProcess], http: aiohttp.ClientSession
+) -> None:
+    gateway = await local_gateway(start_gateway, http)
+    pid = worker_pid(gateway)
+    assert gateway.stop() == 0
+    await wait_until(lambda: _gone(pid), 6, "the worker to exit with the gateway")
+
+
+@pytest.mark.skipif(not PEER.exists(), reason="tests/clients/peer.py is not there")
+async def test_publish_and_view_through_a_real_worker(
+    start_gateway: Callable[..., GatewayProcess], http: aiohttp.ClientSession
+) -> None:
+    gateway = await local_gateway(start_gateway, http)
+
+    def peer(*args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, str(PEER), *args, "--url", gateway.url, "--room", "live"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=child_env(),
+            cwd=REPO,
+        )
+
+    publisher = peer("publish", "--seconds", "8")
+    await asyncio.sleep(2.5)
+    viewer = peer("view", "--seconds", "3", "--min-video-frames", "10")
+    view_out, _ = await asyncio.to_thread(viewer.communicate, timeout=40)
+    publish_out, _ = await asyncio.to_thread(publisher.communicate, timeout=40)
+    view_result = json.loads(view_out.strip().splitlines()[-1])
+    publish_result = json.loads(publish_out.strip().splitlines()[-1])
+    assert publish_result["ok"], publish_result
+    assert view_result["ok"], view_result
+    assert view_result["delete_status"] == 200 and publish_result["delete_status"] == 200
