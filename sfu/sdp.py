@@ -19,9 +19,17 @@ _HOST_CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ udp \d+ )(\S+)( \d+ typ hos
 
 def strip_mdns_candidates(sdp: str) -> str:
     """Remove `.local` candidates: resolving them costs aioice a one-second stall each, and
-    ICE still connects through the peer-reflexive candidate learned from the first check."""
+    ICE still connects through the peer-reflexive candidate learned from the first check.
+
+    When any is removed, or the offer has none at all (OBS, ffmpeg), `a=end-of-candidates`
+    goes too: aioice fails a connection at once when the candidate list is complete but
+    empty, while peer-reflexive discovery needs it open (the session's connect deadline
+    still bounds it).
+    """
     lines = sdp.splitlines()
     kept = [line for line in lines if not _MDNS_CANDIDATE.match(line)]
+    if len(kept) != len(lines) or not any(line.startswith("a=candidate:") for line in kept):
+        kept = [line for line in kept if line.strip() != "a=end-of-candidates"]
     return "\r\n".join(kept) + "\r\n"
 
 

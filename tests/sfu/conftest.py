@@ -35,7 +35,13 @@ class WorkerHarness:
 
 
 @pytest.fixture
-async def worker(tmp_path: Path) -> AsyncIterator[WorkerHarness]:
+def worker_args(request: pytest.FixtureRequest) -> list[str]:
+    """Extra sfu-worker flags; parametrize indirectly to change them."""
+    return list(getattr(request, "param", []))
+
+
+@pytest.fixture
+async def worker(tmp_path: Path, worker_args: list[str]) -> AsyncIterator[WorkerHarness]:
     endpoint = f"ipc://{tmp_path}/gateway.sock"
     channel = router_channel([endpoint])
     channel.start()
@@ -52,6 +58,7 @@ async def worker(tmp_path: Path) -> AsyncIterator[WorkerHarness]:
             "127.0.0.1",
             "--session-connect-timeout",
             "5",
+            *worker_args,
         ],
         cwd=ROOT,
     )

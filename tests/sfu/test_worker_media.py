@@ -185,3 +185,85 @@ async def test_close_session_releases_sockets(worker: WorkerHarness) -> None:
         await worker.request(m.CloseSession("pub"))
     await viewer.close()
     await publisher.close()
+
+
+def _candidates(sdp: str) -> list[tuple[str, int]]:
+    found = []
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:"):
+            parts = line.split()
+            found.append((parts[4], int(parts[5])))
+    return found
+
+
+@pytest.mark.parametrize(
+    "worker_args",
+    [["--udp-ports", "42100-42109", "--public-ip", "203.0.113.9"]],
+    indirect=True,
+)
+async def test_port_range_and_announced_address(worker: WorkerHarness) -> None:
+    pc = new_pc()
+    offer = await publisher_offer(pc)
+    answer = await worker.request(m.OpenPublisher("r1", "p", offer))
+    assert isinstance(answer, m.SessionAnswer)
+    candidates = _candidates(answer.answer)
+    assert candidates
+    assert all(ip == "203.0.113.9" and 42100 <= port <= 42109 for ip, port in candidates)
+    await pc.close()
+
+
+@pytest.mark.parametrize("replace_with", ["mdns", "nothing"])
+async def test_offer_without_usable_candidates_connects_peer_reflexively(
+    worker: WorkerHarness, replace_with: str
+) -> None:
+    """Browsers hide host addresses behind mDNS names; OBS and ffmpeg send no candidates."""
+    publisher = new_pc()
+    offer = await publisher_offer(publisher)
+
+    def hide(line: str) -> str:
+        if not line.startswith("a=candidate:"):
+            return line
+        if replace_with == "nothing":
+            return ""
+        parts = line.split(" ")
+        parts[4] = "0f6e5d4c-3b2a-4190-8877-665544332211.local"
+        return " ".join(parts)
+
+    hidden = "\r\n".join(h for h in (hide(line) for line in offer.splitlines()) if h)
+    assert "a=end-of-candidates" in hidden
+    answer = await worker.request(m.OpenPublisher("r1", "pub", hidden + "\r\n"))
+    assert isinstance(answer, m.SessionAnswer)
+    await accept(publisher, answer.answer)
+    await wait_for(
+        lambda: any(s.session_id == "pub" and s.state == "connected" for s in worker.states)
+    )
+    await publisher.close()
+
+
+async def test_viewers_receive_truthful_sender_reports(worker: WorkerHarness) -> None:
+    publisher, answer = await _open_publisher(worker)
+    await accept(publisher, answer.answer)
+    viewer, counter = await _open_viewer(worker, "r1", "v")
+    await wait_for(lambda: counter.frames["video"] >= 60)
+
+    async def reported() -> dict[str, int]:
+        stats = await viewer.getStats()
+        return {s.kind: s.packetsSent for s in stats.values() if s.type == "remote-outbound-rtp"}
+
+    sent: dict[str, int] = {}
+    for _ in range(60):
+        sent = await reported()
+        if sent.get("video", 0) > 0 and sent.get("audio", 0) > 0:
+            break
+        await asyncio.sleep(0.1)
+    received = {
+        s.kind: s.packetsReceived
+        for s in (await viewer.getStats()).values()
+        if s.type == "inbound-rtp"
+    }
+    for kind in ("video", "audio"):
+        # A sender report describes what was forwarded up to its send time: never more
+        # than the viewer has received by now plus what is in flight.
+        assert 0 < sent[kind] <= received[kind] + 50, (kind, sent, received)
+    await viewer.close()
+    await publisher.close()
