@@ -7,12 +7,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from gateway_testkit import FakeWorker, GatewayProcess
+from gateway_testkit import GatewayProcess, RealWorker, http_status, wait_sync
 
 
 @pytest.fixture
-def processes() -> Iterator[list[GatewayProcess | FakeWorker]]:
-    started: list[GatewayProcess | FakeWorker] = []
+def processes() -> Iterator[list[GatewayProcess | RealWorker]]:
+    started: list[GatewayProcess | RealWorker] = []
     yield started
     for process in reversed(started):
         process.stop()
@@ -20,7 +20,7 @@ def processes() -> Iterator[list[GatewayProcess | FakeWorker]]:
 
 @pytest.fixture
 def start_gateway(
-    tmp_path: Path, processes: list[GatewayProcess | FakeWorker]
+    tmp_path: Path, processes: list[GatewayProcess | RealWorker]
 ) -> Callable[..., GatewayProcess]:
     def start(*args: str, env: dict[str, str] | None = None) -> GatewayProcess:
         gateway = GatewayProcess(tmp_path, list(args), env)
@@ -31,11 +31,13 @@ def start_gateway(
 
 
 @pytest.fixture
-def start_fake_worker(
-    tmp_path: Path, processes: list[GatewayProcess | FakeWorker]
-) -> Callable[..., FakeWorker]:
-    def start(connect: str, worker_id: str, *extra: str) -> FakeWorker:
-        worker = FakeWorker(tmp_path, connect, worker_id, *extra)
+def start_worker(
+    tmp_path: Path, processes: list[GatewayProcess | RealWorker]
+) -> Callable[..., RealWorker]:
+    """A real `python -m sfu` worker started by hand (a "remote" worker)."""
+
+    def start(connect: str, worker_id: str, *extra: str) -> RealWorker:
+        worker = RealWorker(tmp_path, connect, worker_id, *extra)
         processes.append(worker)
         return worker
 
@@ -48,9 +50,17 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-@pytest.fixture
-async def bare_gateway(start_gateway: Callable[..., GatewayProcess]) -> GatewayProcess:
-    """A gateway without any worker."""
-    gateway = start_gateway("--workers", "0")
-    await gateway.wait_healthy()
-    return gateway
+@pytest.fixture(scope="module")
+def bare_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """A gateway without any worker, shared by a module: the checks on it change nothing."""
+    gateway = GatewayProcess(tmp_path_factory.mktemp("bare"), ["--workers", "0"], None)
+    wait_sync(
+        lambda: gateway.process.poll() is not None or _healthy(gateway), 15, "a healthy gateway"
+    )
+    assert gateway.process.poll() is None, gateway.log()
+    yield gateway
+    gateway.stop()
+
+
+def _healthy(gateway: GatewayProcess) -> bool:
+    return http_status(gateway.url + "/healthz") == 200

@@ -1,21 +1,27 @@
-"""Helpers for the gateway tests: real gateway processes and fake workers on real sockets."""
+"""Helpers for the gateway tests: real gateway processes, real `python -m sfu` workers, real
+aiortc offers, and the process tree / socket table to see where a room was placed."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import aiohttp
 
 REPO = Path(__file__).resolve().parents[2]
-FAKE_WORKER = Path(__file__).resolve().parent / "fake_worker.py"
+PEER = REPO / "tests" / "clients" / "peer.py"
 
 OFFER = (
     "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
@@ -133,19 +139,24 @@ class GatewayProcess:
         return self.process.returncode
 
 
-class FakeWorker:
+class RealWorker:
+    """A `python -m sfu` worker started by hand, as on a remote host (no --parent-pid)."""
+
     def __init__(self, tmp_path: Path, connect: str, worker_id: str, *extra: str) -> None:
         self.worker_id = worker_id
-        self.log_path = tmp_path / f"worker-{worker_id}.log"
+        self.log_path = tmp_path / f"worker-{worker_id}-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [
                 sys.executable,
-                str(FAKE_WORKER),
+                "-m",
+                "sfu",
                 "--connect",
                 connect,
                 "--worker-id",
                 worker_id,
+                "--bind-addresses",
+                "127.0.0.1",
                 *extra,
             ],
             stdout=self._log,
@@ -158,7 +169,11 @@ class FakeWorker:
         return self.log_path.read_text()
 
     async def wait_output(self, text: str, within: float = 10.0) -> None:
-        await wait_until(lambda: text in self.output(), within, f"{text!r} from fake worker")
+        await wait_until(lambda: text in self.output(), within, f"{text!r} from the worker")
+
+    async def wait_exit(self, within: float = 10.0) -> int:
+        await wait_until(lambda: self.process.poll() is not None, within, "the worker to exit")
+        return self.process.returncode
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -166,3 +181,144 @@ class FakeWorker:
             self.process.kill()
             self.process.wait()
         self._log.close()
+
+
+# --- synchronous waits, for module-scoped fixtures (which have no event loop of their own) ---
+
+
+def http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def wait_sync(predicate: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def wait_ready_sync(gateway: GatewayProcess, within: float = 20.0) -> None:
+    def ready() -> bool:
+        if gateway.process.poll() is not None:
+            raise AssertionError(f"gateway exited early:\n{gateway.log()}")
+        return http_status(gateway.url + "/readyz") == 200
+
+    wait_sync(ready, within, "/readyz to answer 200")
+
+
+# --- where things run: the process tree and the UDP socket table ------------------------------
+
+
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name is in parentheses and may hold spaces: split after it.
+        return stat.read().rsplit(")", 1)[1].split()
+
+
+def worker_pids(gateway: GatewayProcess) -> set[int]:
+    """Live `python -m sfu` children of the gateway process (its local workers)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            fields = _stat_fields(pid)
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                argv = cmdline.read().split(b"\0")
+        except OSError:
+            continue
+        state, ppid = fields[0], int(fields[1])
+        if ppid == gateway.process.pid and state != "Z" and b"sfu" in argv[:3]:
+            pids.add(pid)
+    return pids
+
+
+def candidate_ports(sdp: str) -> set[int]:
+    """UDP ports of the host candidates in an SDP."""
+    found = re.findall(r"^a=candidate:\S+ \d+ udp \d+ \S+ (\d+) typ host", sdp, re.M | re.I)
+    return {int(port) for port in found}
+
+
+def udp_port_owner(port: int, pids: set[int]) -> int | None:
+    """Which of `pids` holds the UDP socket bound to `port` (via /proc/net/udp inodes)."""
+    inodes = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as lines:
+                rows = lines.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+# --- real offers from aiortc -----------------------------------------------------------------
+
+
+def load_media() -> ModuleType:
+    """tests/sfu/media.py (new_pc, publisher_offer, viewer_offer), loaded by path."""
+    spec = importlib.util.spec_from_file_location(
+        "sfu_test_media", REPO / "tests" / "sfu" / "media.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def only_codec(offer: str, kind: str, rtpmap: str) -> str:
+    """The offer with its `kind` m-line reduced to one payload type, `rtpmap` ("100 H265/90000").
+
+    Still a well-formed offer (ICE, DTLS, mid, direction untouched): only the codec is useless.
+    """
+    pt = rtpmap.split()[0]
+    out: list[str] = []
+    section = ""
+    for line in offer.split("\r\n"):
+        if line.startswith("m=") or not line:
+            if section == kind:
+                out.append(f"a=rtpmap:{rtpmap}")  # at the end of its section
+            section = line[2:].split()[0] if line else ""
+            if section == kind:
+                line = " ".join([*line.split()[:3], pt])
+        elif section == kind and line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:", "a=ssrc")):
+            continue
+        out.append(line)
+    return "\r\n".join(out)
+
+
+def process_gone(pid: int) -> bool:
+    """Exited and reaped (a zombie counts as gone only for a parent that is itself gone)."""
+    try:
+        return _stat_fields(pid)[0] == "Z"
+    except OSError:
+        return True
+
+
+def worker_id_of(pid: int) -> str:
+    """The --worker-id on a worker's command line (local-N for the gateway's own)."""
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        argv = cmdline.read().decode().split("\0")
+    return argv[argv.index("--worker-id") + 1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import quote
 
 import aiohttp
@@ -266,5 +267,7 @@ async def test_unknown_api_path_is_json_404(
         await assert_json_error(response, 404)
 
 
-async def test_sigterm_stops_cleanly(bare_gateway: GatewayProcess) -> None:
-    assert bare_gateway.stop() == 0
+async def test_sigterm_stops_cleanly(start_gateway: Callable[..., GatewayProcess]) -> None:
+    gateway = start_gateway("--workers", "0")  # its own: bare_gateway is shared by the module
+    await gateway.wait_healthy()
+    assert gateway.stop() == 0

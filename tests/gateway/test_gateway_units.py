@@ -1,4 +1,4 @@
-"""Pure functions of the gateway: fragment parsing, placement, settings helpers."""
+"""Pure functions of the gateway: fragment parsing, placement, error mapping, settings helpers."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from gateway.directory import (
     SubscriberLimitReached,
     WorkerInfo,
 )
+from gateway.errors import from_remote_failure
 from gateway.sdpfrag import parse_sdpfrag, summarize_offer
 from gateway.supervisor import Slot, backoff_delay, worker_command
+from ipc.channel import RemoteFailure
 
 FRAGMENT = (
     "a=ice-options:trickle ice2\r\n"
@@ -232,3 +234,32 @@ def test_etags_and_ids() -> None:
     assert not etag_matches(etag.strip('"'), etag)
     ids = {new_session_id() for _ in range(100)}
     assert len(ids) == 100 and all(len(i) == 32 for i in ids)
+
+
+# --- worker failures -> HTTP ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        # bad_offer and bad_candidate are also produced by a real worker in
+        # test_gateway_workers.py; a real worker gives the others only in races (publisher_exists,
+        # no_room) or not on demand (overloaded, internal), so their mapping is checked here.
+        ("bad_offer", 400),
+        ("bad_candidate", 400),
+        ("publisher_exists", 409),
+        ("no_room", 404),
+        ("unknown_session", 404),
+        ("overloaded", 503),
+        ("internal", 503),
+        ("something_new", 503),
+    ],
+)
+def test_worker_failure_codes_map_to_http(code: str, status: int) -> None:
+    error = from_remote_failure(RemoteFailure(code, "worker detail"))
+    assert error.status == status
+    if status == 503:
+        assert error.headers["Retry-After"] == "2"
+        assert "worker detail" not in error.message  # internals stay in the log
+    else:
+        assert error.code == code and error.message == "worker detail"
