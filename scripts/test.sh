@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The one command for CI and for a fresh Debian 12 machine: install what is missing, then run
+# ruff, mypy and pytest. Exits non-zero if any of them fails (pytest "no tests" included).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
+
+# gcc/python3-dev: fallback builds when a wheel is missing; chromium: tests/browser.
+apt_install python3-venv python3-dev gcc chromium
+check_python
+ensure_venv test
+
+cd "$REPO"
+failed=()
+step() {
+  printf '\n== %s\n' "$*"
+  "$@" || failed+=("$*")
+}
+step "$VENV/bin/ruff" check .
+step "$VENV/bin/mypy"
+# pytest exits 5 when it collected nothing; that is non-zero, so it counts as a failure here.
+# `python -m pytest` puts the checkout on sys.path, so tests can import tests.* helpers.
+step "$VENV/bin/python" -m pytest -q "$@"
+
+if [ "${#failed[@]}" -ne 0 ]; then
+  printf '\nFAILED: %s\n' "${failed[@]}" >&2
+  exit 1
+fi
+printf '\nall checks passed\n' >&2
