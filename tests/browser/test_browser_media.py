@@ -1,0 +1,222 @@
+"""Real Chromium publishes and plays through the real gateway, using the pages in gateway/web/.
+
+What this covers that the aiortc clients cannot: libwebrtc's offers (many codecs, header
+extensions, transport-cc, its own msid/ssrc layout), the shipped HTML/JS, and CORS as enforced
+by a browser.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import BrowserContext, Page
+
+pytestmark = pytest.mark.browser
+
+MEDIA_TIMEOUT = 20.0
+
+# Reads the player's RTCPeerConnection stats: decoded video frames, received audio packets.
+PLAYER_STATS_JS = """
+async () => {
+  const pc = window.sfuPc;
+  if (!pc) return null;
+  const out = { framesDecoded: 0, audioPackets: 0, videoPackets: 0 };
+  (await pc.getStats()).forEach((s) => {
+    if (s.type !== "inbound-rtp") return;
+    if (s.kind === "video") {
+      out.framesDecoded += s.framesDecoded || 0;
+      out.videoPackets += s.packetsReceived || 0;
+    } else if (s.kind === "audio") {
+      out.audioPackets += s.packetsReceived || 0;
+    }
+  });
+  return out;
+}
+"""
+
+
+def _room() -> str:
+    return "b-" + uuid.uuid4().hex[:10]
+
+
+def _poll(what: str, page: Page, check: Callable[[], Any], timeout: float = MEDIA_TIMEOUT) -> Any:
+    """Poll check() until truthy; on timeout report the page's sfuState for diagnosis."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        state = page.evaluate("window.sfuState")
+        if state and state.get("error"):
+            pytest.fail(f"{what}: page reported error {state!r}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not reached in {timeout:.0f} s; sfuState={state!r}")
+        time.sleep(0.25)
+
+
+def _open(context: BrowserContext, url: str, console: list[str]) -> Page:
+    page = context.new_page()
+    page.on("console", lambda msg: console.append(f"{page.url}: {msg.type}: {msg.text}"))
+    page.goto(url)
+    page.click("#start")
+    return page
+
+
+def _connected(page: Page) -> bool:
+    return bool(page.evaluate("window.sfuState.connectionState === 'connected'"))
+
+
+def test_chromium_publishes_to_two_chromium_players(
+    gateway: str, browser_context: BrowserContext
+) -> None:
+    room = _room()
+    console: list[str] = []
+    publisher = _open(browser_context, f"{gateway}/web/publish.html?room={room}", console)
+    _poll("publisher connected", publisher, lambda: _connected(publisher))
+
+    players = [
+        _open(browser_context, f"{gateway}/web/play.html?room={room}", console) for _ in range(2)
+    ]
+    for player in players:
+        _assert_playing(player)
+    assert not [line for line in console if ": error: " in line], console
+
+
+def _assert_playing(player: Page) -> None:
+    """The player shows video with a size, keeps decoding frames, and receives audio."""
+    _poll("player connected", player, lambda: _connected(player))
+    video_width = "document.getElementById('video').videoWidth > 0"
+    _poll("video has a size", player, lambda: player.evaluate(video_width))
+    first = _poll("frames decoded", player, lambda: _decoded(player, minimum=1))
+    # Decoding must keep going, not stop after the first keyframe.
+    target = first["framesDecoded"] + 10
+    _poll("framesDecoded increasing", player, lambda: _decoded(player, minimum=target))
+    _poll("audio packets", player, lambda: _stats(player)["audioPackets"] > 0)
+
+
+def _stats(page: Page) -> dict[str, int]:
+    return page.evaluate(PLAYER_STATS_JS) or {"framesDecoded": 0, "audioPackets": 0}
+
+
+def _decoded(page: Page, minimum: int) -> dict[str, int] | None:
+    stats = _stats(page)
+    return stats if stats["framesDecoded"] >= minimum else None
+
+
+def test_publisher_stop_sends_delete(gateway: str, browser_context: BrowserContext) -> None:
+    """Stop must end the WHIP session on the server: the room then has no publisher."""
+    room = _room()
+    publisher = _open(browser_context, f"{gateway}/web/publish.html?room={room}", [])
+    _poll("publisher connected", publisher, lambda: _connected(publisher))
+    publisher.click("#stop")
+    _poll(
+        "closed",
+        publisher,
+        lambda: publisher.evaluate("window.sfuState.connectionState === 'closed'"),
+    )
+    player = _open(browser_context, f"{gateway}/web/play.html?room={room}", [])
+    state = _poll(
+        "player error",
+        player,
+        lambda: player.evaluate("window.sfuState.error"),
+        timeout=10,
+    )
+    assert "404" in state, state
+
+
+# --------------------------------------------------------------------------------------------
+# CORS: a page served from another origin talks to the API with fetch.
+
+CROSS_ORIGIN_PAGE = """<!doctype html>
+<html><body><script>
+// Runs a full WHIP publish + WHEP play against `api` from this (different) origin.
+// A CORS failure shows up as a TypeError from fetch, recorded in `error`.
+async function runCors(api, room) {
+  const result = { steps: [] };
+  const step = (name, resp) => result.steps.push({
+    name, status: resp.status,
+    location: resp.headers.get("Location"), etag: resp.headers.get("ETag"),
+    contentType: resp.headers.get("Content-Type"),
+  });
+  try {
+    const media = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+    const pub = new RTCPeerConnection();
+    media.getTracks().forEach((t) => pub.addTransceiver(t, { direction: "sendonly" }));
+    await pub.setLocalDescription(await pub.createOffer());
+    let resp = await fetch(`${api}/api/whip/publish/${room}`, {
+      method: "POST", headers: { "Content-Type": "application/sdp" },
+      body: pub.localDescription.sdp,
+    });
+    step("whip", resp);
+    await pub.setRemoteDescription({ type: "answer", sdp: await resp.text() });
+    const whip = new URL(resp.headers.get("Location"), resp.url).href;
+
+    const play = new RTCPeerConnection();
+    play.addTransceiver("video", { direction: "recvonly" });
+    play.addTransceiver("audio", { direction: "recvonly" });
+    await play.setLocalDescription(await play.createOffer());
+    // Authorization forces a preflight that must list it in Allow-Headers.
+    resp = await fetch(`${api}/api/whep/play/${room}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/sdp", "Authorization": "Bearer cors-test" },
+      body: play.localDescription.sdp,
+    });
+    step("whep", resp);
+    await play.setRemoteDescription({ type: "answer", sdp: await resp.text() });
+    const whep = new URL(resp.headers.get("Location"), resp.url).href;
+
+    step("whep-delete", await fetch(whep, { method: "DELETE" }));
+    step("whip-delete", await fetch(whip, { method: "DELETE" }));
+    pub.close();
+    play.close();
+  } catch (err) {
+    result.error = `${err.name}: ${err.message}`;
+  }
+  return result;
+}
+</script></body></html>
+"""
+
+
+@pytest.fixture
+def other_origin(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[str]:
+    """A static server on another port of 127.0.0.1: a different origin, same host."""
+    (tmp_path / "cors.html").write_text(CROSS_ORIGIN_PAGE)
+    handler = partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_whip_and_whep_from_another_origin(
+    gateway: str, other_origin: str, browser_context: BrowserContext
+) -> None:
+    assert other_origin != gateway
+    page = browser_context.new_page()
+    page.goto(f"{other_origin}/cors.html")
+    result = page.evaluate("([api, room]) => runCors(api, room)", [gateway, _room()])
+
+    assert "error" not in result, result
+    steps = {s["name"]: s for s in result["steps"]}
+    for name in ("whip", "whep"):
+        assert steps[name]["status"] == 201, result
+        # Without Access-Control-Expose-Headers the browser hides these from JS, and a
+        # browser client could neither DELETE (Location) nor PATCH (ETag) its session.
+        assert steps[name]["location"], result
+        assert steps[name]["etag"], result
+        assert steps[name]["contentType"].startswith("application/sdp"), result
+    assert steps["whep-delete"]["status"] == 200, result
+    assert steps["whip-delete"]["status"] == 200, result
