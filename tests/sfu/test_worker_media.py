@@ -267,3 +267,21 @@ async def test_viewers_receive_truthful_sender_reports(worker: WorkerHarness) ->
         assert 0 < sent[kind] <= received[kind] + 50, (kind, sent, received)
     await viewer.close()
     await publisher.close()
+
+
+async def test_publisher_gets_receiver_reports(worker: WorkerHarness) -> None:
+    publisher, answer = await _open_publisher(worker)
+    await accept(publisher, answer.answer)
+
+    async def reported_kinds() -> set[str]:
+        stats = await publisher.getStats()
+        return {s.kind for s in stats.values() if s.type == "remote-inbound-rtp"}
+
+    kinds: set[str] = set()
+    for _ in range(60):  # aiortc sends a receiver report every 0.5-1.5 s
+        kinds = await reported_kinds()
+        if kinds == {"audio", "video"}:
+            break
+        await asyncio.sleep(0.1)
+    assert kinds == {"audio", "video"}
+    await publisher.close()
