@@ -49,7 +49,9 @@ def test_ipc_imports_only_pyzmq_and_msgspec() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     # pyzmq's own runtime pieces (cython, typing_extensions) come with it; the interpreter
-    # adds __main__ and setuptools' _distutils_hack.
+    # adds __main__, and setuptools its _distutils_hack and editable-install finder.
     allowed = {"ipc", "zmq", "msgspec", "typing_extensions", "__main__", "_distutils_hack"}
-    allowed |= {name for name in eval(out) if name.startswith(("_cython", "cython_"))}  # noqa: S307
+    allowed |= {
+        name for name in eval(out) if name.startswith(("_cython", "cython_", "__editable__"))
+    }  # noqa: S307
     assert set(eval(out)) <= allowed, out  # noqa: S307 - our own subprocess's output
