@@ -18,6 +18,7 @@ ONE_BYTE_EXTENSION_PROFILE = 0xBEDE
 SEQ_TS = struct.Struct("!HI")
 BYTE1_SEQ_TS_SSRC = struct.Struct("!BHII")
 U16 = struct.Struct("!H")
+SSRC = struct.Struct("!I")
 
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 

@@ -30,7 +30,7 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from sfu import aiortc_adapter as adapter
 from sfu.forward import CodecKey, ForwardingStats, Output, TrackForwarder
-from sfu.rtp import MID_URI, header_template
+from sfu.rtp import MID_URI, SSRC, header_template
 from sfu.sdp import (
     announce_public_ip,
     codec_key,
@@ -250,8 +250,7 @@ class PublisherSession(Session):
         if route is None:
             self.stats.dropped += 1
             return
-        ssrc = int.from_bytes(data[8:12], "big")
-        route[0].on_rtp(data, ssrc, route[1])
+        route[0].on_rtp(data, SSRC.unpack_from(data, 8)[0], route[1])
 
     def on_connected(self) -> None:
         for forwarder in self.room.forwarders.values():

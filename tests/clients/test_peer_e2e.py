@@ -33,26 +33,6 @@ def _assert_viewer(result: dict[str, Any], codec: str, width: int, height: int) 
     assert result["delete_status"] == 200, result
 
 
-def test_vp8_opus_reaches_two_viewers(gateway: str, peers: Spawn) -> None:
-    room = _room()
-    publisher = peers("publish", gateway, room, "--seconds", "9")
-    # Viewers start at the same time: they must retry their 404s until the publisher exists.
-    view_args = "--seconds 7 --min-video-frames 60 --min-audio-frames 100".split()
-    viewers = [peers("view", gateway, room, *view_args) for _ in range(2)]
-    results = [viewer.result(timeout=40) for viewer in viewers]
-    published = publisher.result(timeout=40)
-
-    assert published["ok"] and published["connected"], published
-    assert published["packets_sent"]["video"] > 100, published
-    assert published["packets_sent"]["audio"] > 100, published
-    assert published["location"].startswith(gateway), published
-    assert published["delete_status"] == 200, published
-    for result in results:
-        _assert_viewer(result, "VP8", 640, 360)
-        assert result["codecs"]["audio"].lower() == "opus", result
-        assert result["rtp"]["audio"]["packetsReceived"] > 0, result
-
-
 def test_h264_video_only_keeps_codec_and_size(gateway: str, peers: Spawn) -> None:
     room = _room()
     publish_args = "--seconds 8 --video h264 --audio none --width 320 --height 180 --fps 15"
@@ -74,18 +54,3 @@ def test_view_of_unknown_room_fails_with_404(
     result = run_peer("view", gateway, _room(), "--seconds", "2", "--retry-404-for", "0")
     assert result["exit_code"] == 2, result
     assert result["ok"] is False and result["status"] == 404, result
-
-
-def test_viewer_joining_late_gets_a_keyframe_quickly(gateway: str, peers: Spawn) -> None:
-    """A viewer that arrives mid-stream needs a keyframe (PLI/FIR towards the publisher);
-    without one it decodes nothing until the encoder's next periodic keyframe."""
-    room = _room()
-    publisher = peers("publish", gateway, room, "--seconds", "12")
-    early = peers("view", gateway, room, "--seconds", "3", "--min-audio-frames", "0")
-    assert early.result(timeout=30)["ok"]  # the stream is live and decodable by now
-    late_args = "--seconds 6 --min-video-frames 30 --min-audio-frames 50".split()
-    late = peers("view", gateway, room, *late_args)
-    result = late.result(timeout=30)
-    publisher.result(timeout=40)
-    _assert_viewer(result, "VP8", 640, 360)
-    assert result["first_frame_ms"] < 3000, result

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
 import aiohttp
 import pytest
-from gateway_testkit import OFFER, REPO, GatewayProcess, child_env, wait_until
+from gateway_testkit import OFFER, REPO, GatewayProcess, wait_until
 
 pytestmark = pytest.mark.skipif(
     not (REPO / "sfu" / "__main__.py").exists(), reason="the sfu worker is not there"
@@ -94,31 +91,3 @@ async def test_stop_leaves_no_worker_behind(
     pid = worker_pid(gateway)
     assert gateway.stop() == 0
     await wait_until(lambda: _gone(pid), 6, "the worker to exit with the gateway")
-
-
-@pytest.mark.skipif(not PEER.exists(), reason="tests/clients/peer.py is not there")
-async def test_publish_and_view_through_a_real_worker(
-    start_gateway: Callable[..., GatewayProcess], http: aiohttp.ClientSession
-) -> None:
-    gateway = await local_gateway(start_gateway, http)
-
-    def peer(*args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, str(PEER), *args, "--url", gateway.url, "--room", "live"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=child_env(),
-            cwd=REPO,
-        )
-
-    publisher = peer("publish", "--seconds", "8")
-    await asyncio.sleep(2.5)
-    viewer = peer("view", "--seconds", "3", "--min-video-frames", "10")
-    view_out, _ = await asyncio.to_thread(viewer.communicate, timeout=40)
-    publish_out, _ = await asyncio.to_thread(publisher.communicate, timeout=40)
-    view_result = json.loads(view_out.strip().splitlines()[-1])
-    publish_result = json.loads(publish_out.strip().splitlines()[-1])
-    assert publish_result["ok"], publish_result
-    assert view_result["ok"], view_result
-    assert view_result["delete_status"] == 200 and publish_result["delete_status"] == 200

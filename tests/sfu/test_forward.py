@@ -129,6 +129,12 @@ async def test_padding_only_and_malformed_packets_are_not_forwarded() -> None:
     assert stats.dropped == 1
 
 
+async def test_a_joining_viewer_asks_the_publisher_for_a_keyframe() -> None:
+    forwarder, stats, requests = _forwarder()
+    forwarder.attach(_output([], stats))
+    assert requests == [1]
+
+
 async def test_keyframe_requests_are_rate_limited_but_never_lost() -> None:
     forwarder, _, requests = _forwarder()
     for _ in range(5):
