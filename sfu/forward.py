@@ -204,6 +204,9 @@ class Output:
 
 
 KeyframeRequester = Callable[[], None]
+# A synchronous observer of every forwarded packet (a recorder): (seq, ts, marker, payload,
+# epoch). It must not block or do I/O: it runs on the per-packet path.
+PacketTap = Callable[[int, int, int, bytes, int], None]
 
 
 class TrackForwarder:
@@ -224,6 +227,7 @@ class TrackForwarder:
         self._keyframe_timer: asyncio.TimerHandle | None = None
         self.nack_hits = 0
         self.nack_misses = 0
+        self.taps: list[PacketTap] = []
 
     # --- publisher side ---------------------------------------------------------------
 
@@ -279,6 +283,8 @@ class TrackForwarder:
             output.forward(seq, ts, flags, marker, payload, now, epoch)
         stats.packets_out += len(self.outputs)
         stats.bytes_out += len(self.outputs) * len(payload)
+        for tap in self.taps:
+            tap(seq, ts, marker, payload, epoch)
 
     # --- viewer side --------------------------------------------------------------------
 
@@ -324,4 +330,5 @@ class TrackForwarder:
             self._keyframe_timer.cancel()
             self._keyframe_timer = None
         self.outputs.clear()
+        self.taps.clear()
         self._keyframe_requester = None
