@@ -18,6 +18,7 @@ from ipc.settings import (
     Setting,
     die,
     load,
+    parse_bool,
     parse_csv,
     parse_int_range,
     parse_ip_list,
@@ -186,6 +187,13 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds a new session may take to connect before it is closed",
         parse_positive_float,
     ),
+    Setting(
+        "instant_start",
+        "INSTANT_START",
+        "true",
+        "local workers replay each video track's latest keyframe onwards to joining viewers",
+        parse_bool,
+    ),
     Setting("worker_token", "WORKER_TOKEN", "", "shared secret remote workers present in Hello"),
     Setting(
         "heartbeat_interval",
@@ -230,6 +238,7 @@ class GatewayConfig:
     bind_addresses: list[str]
     public_ip: str | None
     session_connect_timeout: float
+    instant_start: bool
     worker_token: str
     heartbeat_interval: float
     worker_timeout: float

@@ -64,6 +64,7 @@ def worker_command(config: GatewayConfig, slot: Slot, connect: str) -> list[str]
         ("--bind-addresses", ",".join(config.bind_addresses)),
         ("--public-ip", config.public_ip or ""),
         ("--session-connect-timeout", f"{config.session_connect_timeout:g}"),
+        ("--instant-start", "true" if config.instant_start else "false"),
         ("--log-level", config.log_level),
     ]
     command = [sys.executable, "-m", "sfu"]

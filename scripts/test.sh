@@ -6,6 +6,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 
 # gcc/python3-dev: fallback builds when a wheel is missing; chromium: tests/browser.
 apt_install python3-venv python3-dev gcc chromium
+# GStreamer webrtcbin WHIP publisher (tests/clients/gst_whip.py, run by /usr/bin/python3).
+apt_install python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
+  gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-nice
 check_python
 ensure_venv test
 

@@ -21,12 +21,15 @@ from ipc.settings import (
     Setting,
     die,
     load,
+    parse_bool,
+    parse_int_range,
     parse_ip_list,
     parse_optional_ip,
     parse_port_range,
     parse_positive_float,
 )
 from sfu import aiortc_adapter as adapter
+from sfu.forward import InstantStart
 from sfu.session import SessionSettings
 from sfu.worker import Worker, WorkerConfig
 
@@ -61,6 +64,29 @@ SETTINGS = [
         "30",
         "seconds a session may take to connect before it is reaped",
         parse_positive_float,
+    ),
+    Setting(
+        "instant_start",
+        "INSTANT_START",
+        "true",
+        "replay each video track's latest keyframe onwards to joining viewers (true/false)",
+        parse_bool,
+    ),
+    Setting(
+        "instant_start_max_bytes",
+        "INSTANT_START_MAX_BYTES",
+        "4194304",
+        "per video track, the most bytes kept for instant start (a longer group of "
+        "pictures is not replayed)",
+        parse_int_range(1024, 1 << 30),
+    ),
+    Setting(
+        "transport_cc",
+        "TRANSPORT_CC",
+        "true",
+        "answer publishers' transport-cc and send them its feedback, so browsers ramp up "
+        "their bitrate within seconds (true/false; false: REMB only)",
+        parse_bool,
     ),
     Setting(
         "gateway_timeout",
@@ -119,7 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parent_pid=options.parent_pid,
         gateway_timeout=options.gateway_timeout,
         session=SessionSettings(
-            connect_timeout=options.session_connect_timeout, public_ip=options.public_ip
+            connect_timeout=options.session_connect_timeout,
+            public_ip=options.public_ip,
+            transport_cc=options.transport_cc,
+        ),
+        instant_start=InstantStart(
+            enabled=options.instant_start, max_bytes=options.instant_start_max_bytes
         ),
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from sfu.forward import ForwardingStats, TrackForwarder
+from sfu.forward import ForwardingStats, InstantStart, TrackForwarder
 
 
 class Room:
-    def __init__(self, name: str, stats: ForwardingStats) -> None:
+    def __init__(
+        self, name: str, stats: ForwardingStats, instant_start: InstantStart | None = None
+    ) -> None:
         self.name = name
         self.stats = stats
+        self.instant_start = instant_start
         self.forwarders: dict[str, TrackForwarder] = {}
         # The codecs of the latest publisher; viewers negotiate these, and a later publisher
         # is steered to them so that connected viewers keep playing across a republish.
@@ -22,7 +25,7 @@ class Room:
     def forwarder(self, kind: str) -> TrackForwarder:
         forwarder = self.forwarders.get(kind)
         if forwarder is None:
-            forwarder = self.forwarders[kind] = TrackForwarder(kind, self.stats)
+            forwarder = self.forwarders[kind] = TrackForwarder(kind, self.stats, self.instant_start)
         return forwarder
 
     def publisher_codecs_changed(self, codecs: dict[str, RTCRtpCodecParameters]) -> None:

@@ -6,6 +6,7 @@ Errors are ValueError with a message fit for the HTTP client.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -15,6 +16,24 @@ from sfu.forward import CodecKey
 MAX_OFFER_MEDIA_SECTIONS = 16
 _MDNS_CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ \S+\.local \d+ ", re.IGNORECASE)
 _HOST_CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ udp \d+ )(\S+)( \d+ typ host.*)$", re.I)
+_PROFILE_LEVEL_ID = re.compile(r"^[0-9a-fA-F]{6}$")
+_FMTP_PROFILE_LEVEL_ID = re.compile(r"^(a=fmtp:(\d+) .*profile-level-id=)([0-9a-fA-F]{6})(.*)$")
+# Codecs that only protect or repair another codec: not a choice a viewer or publisher makes.
+_REPAIR_CODECS = ("rtx", "red", "ulpfec", "flexfec-03")
+# Attributes that describe the one BUNDLE transport; they may appear only in the first section.
+_TRANSPORT_ATTRIBUTES = (
+    "a=ice-ufrag:",
+    "a=ice-pwd:",
+    "a=ice-options:",
+    "a=fingerprint:",
+    "a=setup:",
+    "a=candidate:",
+    "a=end-of-candidates",
+)
+# What a declined but bundled section repeats from the answer's first section.
+_SHARED_TRANSPORT = ("c=", "a=ice-ufrag:", "a=ice-pwd:", "a=fingerprint:", "a=setup:")
+# H264 profiles aiortc's profile table does not name (profile_idc and profile-iop, in hex).
+_H264_PROFILE_NAMES = {"6e00": "high-10", "7a00": "high-422", "f400": "high-444"}
 
 
 def strip_mdns_candidates(sdp: str) -> str:
@@ -34,49 +53,217 @@ def strip_mdns_candidates(sdp: str) -> str:
 
 
 def parse_offer(sdp: str) -> aiortc_sdp.SessionDescription:
-    """Validate an offer well enough that aiortc will not choke on it."""
+    """Parse an offer well enough to choose its sections; `check_transport` validates those."""
     if not sdp.startswith("v=0"):
         raise ValueError("the body is not an SDP offer (it must start with v=0)")
     try:
         description = aiortc_sdp.SessionDescription.parse(sdp)
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise ValueError(f"malformed SDP offer: {exc}") from None
+    # aiortc's parser asserts on malformed m= lines and payload types.
+    except (ValueError, KeyError, IndexError, TypeError, AssertionError, StopIteration) as exc:
+        raise ValueError(f"malformed SDP offer: {exc or type(exc).__name__}") from None
     media = [m for m in description.media if m.kind in ("audio", "video")]
     if not media:
         raise ValueError("the offer has no audio or video section")
     if len(description.media) > MAX_OFFER_MEDIA_SECTIONS:
         raise ValueError(f"the offer has more than {MAX_OFFER_MEDIA_SECTIONS} media sections")
-    for section in media:
+    return description
+
+
+def check_transport(description: aiortc_sdp.SessionDescription, indexes: Collection[int]) -> None:
+    """The sections we answer must carry ICE credentials and a DTLS fingerprint."""
+    for index in indexes:
+        section = description.media[index]
         if section.ice is None or not section.ice.usernameFragment or not section.ice.password:
             raise ValueError(f"the {section.kind} section has no ice-ufrag/ice-pwd")
         if section.dtls is None or not section.dtls.fingerprints:
             raise ValueError(f"the {section.kind} section has no DTLS fingerprint")
-    return description
+
+
+def section_direction(section: aiortc_sdp.MediaDescription) -> str:
+    return section.direction or "sendrecv"
+
+
+_DIRECTIONS = {"send": ("sendonly", "sendrecv"), "recv": ("recvonly", "sendrecv")}
 
 
 def offered_kinds(description: aiortc_sdp.SessionDescription, direction: str) -> list[str]:
-    """Kinds (first section of each) whose direction lets the client do `direction`.
+    """Kinds with at least one section whose direction lets the client do `direction`.
 
     direction "send": sections the client sends on (WHIP); "recv": sections it receives on.
     """
-    allowed = {"send": ("sendonly", "sendrecv"), "recv": ("recvonly", "sendrecv")}[direction]
+    allowed = _DIRECTIONS[direction]
     kinds: list[str] = []
     for section in description.media:
         if section.kind in ("audio", "video") and section.kind not in kinds:
-            if (section.direction or "sendrecv") in allowed:
+            if section_direction(section) in allowed:
                 kinds.append(section.kind)
     return kinds
+
+
+def sections_for(
+    description: aiortc_sdp.SessionDescription, kind: str, direction: str
+) -> list[int]:
+    """Indexes of the `kind` sections on which the client can do `direction`, in order."""
+    allowed = _DIRECTIONS[direction]
+    return [
+        i
+        for i, section in enumerate(description.media)
+        if section.kind == kind and section_direction(section) in allowed
+    ]
+
+
+def media_codecs(section: aiortc_sdp.MediaDescription) -> list[RTCRtpCodecParameters]:
+    """The section's codecs without the repair formats (RTX, RED, FEC)."""
+    return [
+        c for c in section.rtp.codecs if c.mimeType.split("/", 1)[-1].lower() not in _REPAIR_CODECS
+    ]
 
 
 def offered_codec_names(description: aiortc_sdp.SessionDescription, kind: str) -> list[str]:
     names: list[str] = []
     for section in description.media:
         if section.kind == kind:
-            for codec in section.rtp.codecs:
-                name = codec.mimeType.split("/", 1)[-1]
-                if name.lower() not in ("rtx", "red", "ulpfec", "flexfec-03") and name not in names:
+            for codec in media_codecs(section):
+                name = describe_codec(codec)
+                if name not in names:
                     names.append(name)
     return names
+
+
+# --- reduced offers and the answers to them ---------------------------------------------
+
+
+def _split(sdp: str) -> tuple[list[str], list[list[str]]]:
+    session: list[str] = []
+    sections: list[list[str]] = []
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            sections.append([line])
+        elif sections:
+            sections[-1].append(line)
+        elif line:
+            session.append(line)
+    return session, sections
+
+
+def _mid(lines: list[str]) -> str | None:
+    return next(
+        (line[len("a=mid:") :].strip() for line in lines if line.startswith("a=mid:")), None
+    )
+
+
+def reduce_offer(sdp: str, keep: Collection[int]) -> str:
+    """The offer as aiortc should see it: only the sections at `keep`.
+
+    aiortc cannot reject one m-line (it fails the whole description when one has no codec it
+    knows), so it negotiates the sections we take and `restore_rejected` puts the others back
+    into the answer, rejected. The BUNDLE group shrinks to the kept MIDs; when the first
+    kept section lacks the transport attributes (BUNDLE lets a client put them in the first
+    section only), they are copied from the offer's first section.
+    """
+    session, sections = _split(sdp)
+    kept_sections = [sections[i] for i in sorted(keep)]
+    kept_mids = [mid for mid in (_mid(s) for s in kept_sections) if mid is not None]
+    out_session = []
+    for line in session:
+        if line.startswith("a=group:BUNDLE"):
+            line = " ".join(["a=group:BUNDLE", *kept_mids])
+        out_session.append(line)
+    if kept_sections and sections and kept_sections[0] is not sections[0]:
+        first = kept_sections[0]
+        missing = [
+            line
+            for line in sections[0]
+            if line.startswith(_TRANSPORT_ATTRIBUTES)
+            and not any(own.startswith(line.split(":", 1)[0]) for own in first)
+        ]
+        kept_sections[0] = first + missing
+    lines = out_session + [line for section in kept_sections for line in section]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def restore_rejected(answer: str, offer: str, keep: Collection[int]) -> str:
+    """Put back, declined, every offer section not in `keep`.
+
+    An audio or video section the client bundled stays in the BUNDLE group as an
+    `a=inactive` section listing its first offered format: browsers and aiortc clients both
+    accept that, while aiortc cannot take a port-0 section (it wants ICE credentials and a
+    codec in every section, and starts a transport for each unbundled one). Any other
+    section (a data channel) is rejected with port 0 (RFC 8829 §5.3.1).
+    """
+    session, answered = _split(answer)
+    offer_session, offered = _split(offer)
+    kept = sorted(keep)
+    if len(answered) != len(kept) or not answered:
+        raise ValueError("the answer does not match the sections we negotiated")
+    by_index = dict(zip(kept, answered, strict=True))
+    offer_bundle = next(
+        (line.split()[1:] for line in offer_session if line.startswith("a=group:BUNDLE")), []
+    )
+    template = answered[0]
+    port = template[0].split()[1]
+    shared = [line for line in template if line.startswith(_SHARED_TRANSPORT)]
+    bundle: list[str] = []
+    sections: list[list[str]] = []
+    for index, section in enumerate(offered):
+        mid = _mid(section)
+        if index in by_index:
+            sections.append(by_index[index])
+            if mid is not None:
+                bundle.append(mid)
+            continue
+        parts = section[0][2:].split()
+        kind = parts[0]
+        proto = parts[2] if len(parts) > 2 else "UDP/TLS/RTP/SAVPF"
+        fmt = parts[3] if len(parts) > 3 else "0"
+        mid_line = [f"a=mid:{mid}"] if mid is not None else []
+        if kind in ("audio", "video") and mid is not None and mid in offer_bundle:
+            described = [
+                line for line in section if line.startswith((f"a=rtpmap:{fmt} ", f"a=fmtp:{fmt} "))
+            ]
+            sections.append(
+                [f"m={kind} {port} {proto} {fmt}", *shared, *mid_line, "a=inactive", "a=rtcp-mux"]
+                + described
+            )
+            bundle.append(mid)
+        else:
+            sections.append([f"m={kind} 0 {proto} {fmt}", "c=IN IP4 0.0.0.0", *mid_line])
+    lines = [
+        " ".join(["a=group:BUNDLE", *bundle]) if line.startswith("a=group:BUNDLE") else line
+        for line in session
+    ]
+    lines += [line for section in sections for line in section]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def echo_h264_levels(answer: str, description: aiortc_sdp.SessionDescription) -> str:
+    """Answer each H264 format with the level the client offered for it.
+
+    aiortc answers with its own table's profile-level-id; the profile is the same, but the
+    level would tell a publisher to encode no higher than level 3.1 (and a viewer that we
+    send no higher than that). Echoing the offered level is always acceptable to the client.
+    """
+    offered: list[dict[int, str]] = []
+    for section in description.media:
+        levels: dict[int, str] = {}
+        for codec in section.rtp.codecs:
+            value = str(codec.parameters.get("profile-level-id", ""))
+            if codec.mimeType.lower() == "video/h264" and _PROFILE_LEVEL_ID.match(value):
+                levels[codec.payloadType] = value  # type: ignore[index]
+        offered.append(levels)
+    lines = []
+    index = -1
+    for line in answer.splitlines():
+        if line.startswith("m="):
+            index += 1
+        elif line.startswith("a=fmtp:") and 0 <= index < len(offered):
+            match = _FMTP_PROFILE_LEVEL_ID.match(line)
+            if match is not None:
+                level = offered[index].get(int(match.group(2)))
+                if level is not None:
+                    line = match.group(1) + level + match.group(4)
+        lines.append(line)
+    return "\r\n".join(lines) + "\r\n"
 
 
 def announce_public_ip(answer: str, public_ip: str | None) -> str:
@@ -102,11 +289,76 @@ def ice_credentials(sdp: str) -> tuple[str, str]:
     return ufrag, pwd
 
 
+# --- codecs --------------------------------------------------------------------------------
+
+
+def h264_profile(profile_level_id: object) -> str:
+    """The H264 profile a profile-level-id names, ignoring the level (RFC 6184 §8.1).
+
+    Spellings of one profile compare equal (42e01f and 4de01f are both constrained
+    baseline), as in libwebrtc. A missing value means constrained baseline, as browsers
+    assume. ValueError when it is not six hex digits.
+    """
+    text = "42e01f" if profile_level_id is None else str(profile_level_id)
+    if not _PROFILE_LEVEL_ID.match(text):
+        raise ValueError(f"malformed H264 profile-level-id {text!r}")
+    profile_idc, profile_iop = int(text[0:2], 16), int(text[2:4], 16)
+    for idc, pattern, profile in aiortc_sdp.H264_PROFILE_PATTERNS:
+        if idc == profile_idc and pattern.matches(profile_iop):
+            return profile.name.removeprefix("PROFILE_").lower().replace("_", "-")
+    raw = text[:4].lower()
+    return _H264_PROFILE_NAMES.get(raw, f"profile-{raw}")
+
+
 def codec_key(codec: RTCRtpCodecParameters) -> CodecKey:
+    """What must match between two sides for the bitstream to pass unchanged.
+
+    ValueError for an H264 format with a malformed profile-level-id.
+    """
     mime = codec.mimeType.lower()
+    parameters = codec.parameters
     fmtp = ""
     if mime == "video/h264":
-        profile = str(codec.parameters.get("profile-level-id", "42e01f"))[:4].lower()
-        mode = str(codec.parameters.get("packetization-mode", "0"))
+        profile = h264_profile(parameters.get("profile-level-id"))
+        mode = str(parameters.get("packetization-mode", "0"))
         fmtp = f"profile={profile};packetization-mode={mode}"
+    elif mime == "video/vp9":
+        fmtp = f"profile-id={parameters.get('profile-id', '0')}"
+    elif mime == "video/av1":
+        fmtp = f"profile={parameters.get('profile', '0')}"
     return CodecKey(mime_type=mime, clock_rate=codec.clockRate, fmtp=fmtp)
+
+
+def describe_codec(codec: RTCRtpCodecParameters) -> str:
+    """A codec as a person reads it, e.g. "H264 (high, 64001f, packetization-mode=1)"."""
+    name = codec.mimeType.split("/", 1)[-1]
+    parameters = codec.parameters
+    mime = codec.mimeType.lower()
+    if mime == "video/h264":
+        value = parameters.get("profile-level-id")
+        try:
+            profile = h264_profile(value)
+        except ValueError:
+            profile = "malformed profile"
+        plid = f", {value}" if value is not None else ""
+        mode = parameters.get("packetization-mode", "0")
+        return f"{name} ({profile}{plid}, packetization-mode={mode})"
+    if mime == "video/vp9":
+        return f"{name} (profile-id={parameters.get('profile-id', '0')})"
+    if mime == "video/av1":
+        return f"{name} (profile={parameters.get('profile', '0')})"
+    return name
+
+
+def first_section_with(
+    description: aiortc_sdp.SessionDescription, kind: str, direction: str, wanted: CodecKey
+) -> int | None:
+    """The first `kind` section usable in `direction` that offers a codec matching `wanted`."""
+    for index in sections_for(description, kind, direction):
+        for codec in media_codecs(description.media[index]):
+            try:
+                if codec_key(codec) == wanted:
+                    return index
+            except ValueError:
+                continue
+    return None

@@ -29,14 +29,23 @@ from aiortc.rtp import (
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from sfu import aiortc_adapter as adapter
+from sfu.congestion import TransportCcFeedback, negotiate_transport_cc
 from sfu.forward import CodecKey, ForwardingStats, Output, TrackForwarder
-from sfu.rtp import MID_URI, SSRC, header_template
+from sfu.rtp import AUDIO_LEVEL_URI, MID_URI, SSRC, header_template
 from sfu.sdp import (
     announce_public_ip,
+    check_transport,
     codec_key,
+    describe_codec,
+    echo_h264_levels,
+    first_section_with,
+    media_codecs,
     offered_codec_names,
     offered_kinds,
     parse_offer,
+    reduce_offer,
+    restore_rejected,
+    sections_for,
     strip_mdns_candidates,
 )
 
@@ -56,9 +65,13 @@ class OfferError(ValueError):
 
 
 class SessionSettings:
-    def __init__(self, *, connect_timeout: float, public_ip: str | None) -> None:
+    def __init__(
+        self, *, connect_timeout: float, public_ip: str | None, transport_cc: bool = True
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.public_ip = public_ip
+        # Answer publishers' transport-cc and send them its feedback (sfu.congestion).
+        self.transport_cc = transport_cc
 
 
 class Session:
@@ -79,6 +92,7 @@ class Session:
         self.stats = stats
         self._on_state = on_state
         self._on_closed = on_closed
+        adapter.install_negotiation()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.connected = False
         self.closed = False
@@ -135,16 +149,25 @@ class Session:
 
     # --- signalling ---------------------------------------------------------------------
 
-    async def _answer(self, offer_sdp: str) -> str:
+    async def _answer(
+        self, offer_sdp: str, description: SessionDescription, keep: list[int]
+    ) -> str:
+        """Negotiate the offer's sections at `keep`; the answer rejects every other one."""
         try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            check_transport(description, keep)
+        except ValueError as exc:
+            raise OfferError(str(exc)) from None
+        reduced = strip_mdns_candidates(reduce_offer(offer_sdp, keep))
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(reduced, "offer"))
         except (OperationError, InvalidAccessError, InvalidStateError, ValueError) as exc:
             raise OfferError(f"cannot use this offer: {exc}") from None
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         local = self.pc.localDescription
         self._mids = [t.mid for t in self.pc.getTransceivers() if t.mid is not None]
-        return announce_public_ip(local.sdp, self.settings.public_ip)
+        full = echo_h264_levels(restore_rejected(local.sdp, offer_sdp, keep), description)
+        return announce_public_ip(full, self.settings.public_ip)
 
     async def add_candidates(self, candidates: list[str], mid: str | None, end: bool) -> None:
         sdp_mid = mid if mid in self._mids else (self._mids[0] if self._mids else None)
@@ -173,6 +196,7 @@ class PublisherSession(Session):
         self._requesters: dict[str, Callable[[], None]] = {}
         self._rtcp_ssrc = random.randrange(1, 1 << 32)
         self.codecs: dict[str, RTCRtpCodecParameters] = {}
+        self.transport_cc: TransportCcFeedback | None = None
 
     async def open(self, offer_sdp: str) -> str:
         try:
@@ -181,8 +205,20 @@ class PublisherSession(Session):
             raise OfferError(str(exc)) from None
         if not offered_kinds(description, "send"):
             raise OfferError("a WHIP offer must send audio or video (sendonly or sendrecv)")
-        self._prefer_room_codecs(description)
-        answer = await self._answer(strip_mdns_candidates(offer_sdp))
+        chosen = self._choose_codecs(description)
+        for kind, codec in chosen.values():
+            transceiver = self.pc.addTransceiver(kind, direction="recvonly")
+            preferences = [adapter.codec_capability(codec)]
+            if kind == "video":
+                preferences.append(RTX_CAPABILITY)
+            transceiver.setCodecPreferences(preferences)
+        answer = await self._answer(offer_sdp, description, sorted(chosen))
+        if self.settings.transport_cc:
+            answer, extension_id = negotiate_transport_cc(offer_sdp, answer)
+            if extension_id is not None:
+                self.transport_cc = TransportCcFeedback(
+                    extension_id, self._rtcp_ssrc, lambda rtcp: adapter.send_rtcp(self.pc, rtcp)
+                )
         adapter.stop_decoders(self.pc)
         self._route_tracks()
         if not self._routes:
@@ -191,22 +227,49 @@ class PublisherSession(Session):
         self._watch_connection()
         return answer
 
-    def _prefer_room_codecs(self, description: SessionDescription) -> None:
-        """Viewers already in the room negotiated the last publisher's codecs: ask a new
-        publisher for the same ones when it offers them, so those viewers keep playing."""
-        for kind, codec in self.room.codecs.items():
-            wanted = codec_key(codec)
-            offered = [c for m in description.media if m.kind == kind for c in m.rtp.codecs]
-            if not any(codec_key(c) == wanted for c in offered):
-                continue
-            transceiver = self.pc.addTransceiver(kind, direction="recvonly")
-            preferences = [adapter.codec_capability(codec)]
-            if kind == "video":
-                preferences.append(RTX_CAPABILITY)
-            try:
-                transceiver.setCodecPreferences(preferences)
-            except ValueError:
-                continue
+    def _choose_codecs(
+        self, description: SessionDescription
+    ) -> dict[int, tuple[str, RTCRtpCodecParameters]]:
+        """Per kind, the first section we can forward and the one codec to take from it.
+
+        The answer names that codec only (plus its RTX), so the publisher cannot switch to
+        another mid-stream. Viewers already in the room negotiated the last publisher's
+        codec: a new publisher that offers it too is asked for it, so they keep playing.
+        """
+        chosen: dict[int, tuple[str, RTCRtpCodecParameters]] = {}
+        refused: list[str] = []
+        for kind in ("audio", "video"):
+            indexes = sections_for(description, kind, "send")
+            room_codec = self.room.codecs.get(kind)
+            for index in indexes:
+                offered = media_codecs(description.media[index])
+                matches = (adapter.local_codec(kind, codec) for codec in offered)
+                local = [c for c in matches if c is not None]
+                if not local:
+                    continue
+                pick = local[0]
+                if room_codec is not None:
+                    same = [c for c in local if codec_key(c) == codec_key(room_codec)]
+                    pick = same[0] if same else pick
+                chosen[index] = (kind, pick)
+                break
+            else:
+                if indexes:
+                    names = ", ".join(offered_codec_names(description, kind)) or "none"
+                    refused.append(f"{kind}: the offer sends {names}")
+        if refused:
+            forwarded = ", ".join(
+                dict.fromkeys(
+                    describe_codec(c).split(" (")[0]
+                    for kind in ("audio", "video")
+                    for c in adapter.local_codecs(kind)
+                )
+            )
+            raise OfferError(
+                "no offered codec can be forwarded (" + "; ".join(refused) + f"); "
+                f"live-sfu forwards {forwarded}"
+            )
+        return chosen
 
     def _route_tracks(self) -> None:
         seen: set[str] = set()
@@ -222,7 +285,12 @@ class PublisherSession(Session):
             forwarder = self.room.forwarder(kind)
             requester = self._keyframe_requester(forwarder)
             self._requesters[kind] = requester
-            forwarder.set_source(codec_key(media), requester)
+            extensions = adapter.negotiated_extensions(transceiver)
+            forwarder.set_source(
+                codec_key(media),
+                requester,
+                audio_level_id=extensions.get(AUDIO_LEVEL_URI) if kind == "audio" else None,
+            )
             self.codecs[kind] = media
             self._routes[media.payloadType] = (forwarder, False)
             for codec in codecs:
@@ -246,18 +314,26 @@ class PublisherSession(Session):
         if len(data) < 12:
             self.stats.dropped += 1
             return
+        ssrc = SSRC.unpack_from(data, 8)[0]
+        transport_cc = self.transport_cc
+        if transport_cc is not None:  # every packet counts, bandwidth probes included
+            transport_cc.record(data, ssrc)
         route = self._routes.get(data[1] & 0x7F)
         if route is None:
             self.stats.dropped += 1
             return
-        route[0].on_rtp(data, SSRC.unpack_from(data, 8)[0], route[1])
+        route[0].on_rtp(data, ssrc, route[1])
 
     def on_connected(self) -> None:
+        if self.transport_cc is not None:
+            self.transport_cc.start()
         for forwarder in self.room.forwarders.values():
             if forwarder.outputs:
                 forwarder.request_keyframe()
 
     def detach(self) -> None:
+        if self.transport_cc is not None:
+            self.transport_cc.stop()
         self._routes.clear()
         for kind, requester in self._requesters.items():
             forwarder = self.room.forwarders.get(kind)
@@ -290,6 +366,13 @@ class SubscriberSession(Session):
         if not wanted:
             sent = ", ".join(sorted(room_codecs)) or "nothing yet"
             raise OfferError(f"the offer receives {'/'.join(kinds)} but the room sends {sent}")
+        keep: list[int] = []
+        for kind, codec in wanted.items():
+            index = first_section_with(description, kind, "recv", codec_key(codec))
+            if index is not None:
+                keep.append(index)
+        if len(keep) < len(wanted):
+            raise OfferError(self._codec_mismatch(description, wanted))
         transceivers = {}
         for kind, codec in wanted.items():
             transceiver = self.pc.addTransceiver(kind, direction="sendonly")
@@ -298,10 +381,7 @@ class SubscriberSession(Session):
                 preferences.append(RTX_CAPABILITY)
             transceiver.setCodecPreferences(preferences)
             transceivers[kind] = transceiver
-        try:
-            answer = await self._answer(strip_mdns_candidates(offer_sdp))
-        except OfferError:
-            raise OfferError(self._codec_mismatch(description, wanted)) from None
+        answer = await self._answer(offer_sdp, description, sorted(keep))
         adapter.hook_ingress(self.pc, None, self.count_drop)
         for kind, transceiver in transceivers.items():
             self._prepare_output(kind, transceiver, codec_key(wanted[kind]))
@@ -311,12 +391,16 @@ class SubscriberSession(Session):
         return answer
 
     @staticmethod
-    def _codec_mismatch(description: object, wanted: dict[str, RTCRtpCodecParameters]) -> str:
+    def _codec_mismatch(
+        description: SessionDescription, wanted: dict[str, RTCRtpCodecParameters]
+    ) -> str:
         parts = []
         for kind, codec in wanted.items():
-            offered = ", ".join(offered_codec_names(description, kind)) or "none"  # type: ignore[arg-type]
+            if first_section_with(description, kind, "recv", codec_key(codec)) is not None:
+                continue
+            offered = ", ".join(offered_codec_names(description, kind)) or "none"
             parts.append(
-                f"{kind}: the room sends {codec_key(codec).describe()}, the offer accepts {offered}"
+                f"{kind}: the room sends {describe_codec(codec)}, the offer accepts {offered}"
             )
         return "no common codec with the room's publisher (" + "; ".join(parts) + ")"
 
@@ -338,6 +422,9 @@ class SubscriberSession(Session):
         sender = transceiver.sender  # type: ignore[attr-defined]
         report = adapter.make_forwarding(sender)
         ssrc, rtx_ssrc = adapter.sender_ssrcs(sender)
+        # Audio level travels only where this viewer negotiated it; the forwarder fills it
+        # from the publisher's packets (or blanks it when the publisher sends none).
+        audio_level_id = extensions.get(AUDIO_LEVEL_URI) if kind == "audio" else None
         output = Output(
             send=_not_connected,
             report=report,
@@ -346,8 +433,13 @@ class SubscriberSession(Session):
             payload_type=media.payloadType,
             rtx_ssrc=rtx_ssrc,
             rtx_payload_type=rtx.payloadType if rtx is not None else None,
-            header=header_template(extensions.get(MID_URI), transceiver.mid),  # type: ignore[attr-defined]
+            header=header_template(
+                extensions.get(MID_URI),
+                transceiver.mid,  # type: ignore[attr-defined]
+                audio_level_id,
+            ),
             stats=self.stats,
+            audio_level_id=audio_level_id,
         )
         forwarder = self.room.forwarder(kind)
         report.on_feedback = self._feedback_handler(forwarder, output)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ipc import messages as m
 from ipc.channel import Channel, IpcError, RemoteFailure, dealer_channel
 from sfu import __version__
-from sfu.forward import ForwardingStats
+from sfu.forward import ForwardingStats, InstantStart
 from sfu.room import Room
 from sfu.sdp import ice_credentials
 from sfu.session import (
@@ -44,6 +44,7 @@ class WorkerConfig:
     parent_pid: int | None
     gateway_timeout: float
     session: SessionSettings
+    instant_start: InstantStart = InstantStart()
 
 
 class Worker:
@@ -211,7 +212,7 @@ class Worker:
         elif room is None or not room.codecs:
             return m.Failure("no_room", f"room {room_name!r} has no publisher")
         if room is None:
-            room = self.rooms[room_name] = Room(room_name, self.stats)
+            room = self.rooms[room_name] = Room(room_name, self.stats, self.config.instant_start)
         session = session_type(
             room, session_id, self.config.session, self.stats, self._on_state, self._on_closed
         )

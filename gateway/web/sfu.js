@@ -23,6 +23,20 @@ const sfu = {
     }
   },
 
+  // ?codec=VP9 or ?codec=VP9;profile-id=2 (NAME[;fmtp param...]): move the matching codecs
+  // to the front of the video transceiver's list, so the offer's first choice is that codec.
+  // The rest stay offered; the caller checks what was actually negotiated.
+  preferVideoCodec(transceiver, spec) {
+    const [name, ...params] = spec.split(";").map((part) => part.trim());
+    const wanted = `video/${name}`.toLowerCase();
+    const codecs = RTCRtpSender.getCapabilities("video").codecs;
+    const matches = (c) => c.mimeType.toLowerCase() === wanted
+      && params.every((p) => (c.sdpFmtpLine || "").split(";").includes(p));
+    const chosen = codecs.filter(matches);
+    if (!chosen.length) throw new Error(`this browser cannot send ${spec}`);
+    transceiver.setCodecPreferences([...chosen, ...codecs.filter((c) => !matches(c))]);
+  },
+
   endpoint(kind, room) {
     const path = kind === "whip" ? "/api/whip/publish/" : "/api/whep/play/";
     return new URL(path + encodeURIComponent(room), location.origin).href;

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import BrowserContext, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -57,3 +57,26 @@ def browser_context(tmp_path: Path) -> Iterator[BrowserContext]:
             yield context
         finally:
             context.close()
+
+
+def launch_chromium() -> Iterator[Browser]:
+    """Generator for a fixture: one Chromium, closed when the fixture is torn down."""
+    _require_chromium()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """One Chromium for a whole test module; tests open their own contexts and pages in it.
+
+    Launching costs seconds on a 2-core machine, so modules that run many short media cases
+    (tests/browser/test_browser_codecs.py) share one browser rather than one per test.
+    """
+    yield from launch_chromium()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
+from aiortc.rtp import AnyRtcpPacket, RtcpPsfbPacket, RtpPacket
 
 
 class MovingPattern(VideoStreamTrack):
@@ -82,3 +84,96 @@ async def wait_for(predicate, timeout: float = 15.0) -> None:  # type: ignore[no
         if loop.time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.05)
+
+
+class Tone(AudioStreamTrack):
+    """A steady 440 Hz tone (aiortc's AudioStreamTrack is silence): a known audio level."""
+
+    def __init__(self, amplitude: int = 8000) -> None:
+        super().__init__()
+        self.amplitude = amplitude
+
+    async def recv(self) -> av.AudioFrame:
+        frame = await super().recv()
+        assert isinstance(frame, av.AudioFrame)
+        samples = frame.samples
+        start = frame.pts or 0
+        t = (np.arange(start, start + samples) / frame.sample_rate).reshape(1, -1)
+        tone = (self.amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+        layout = frame.layout.name
+        channels = len(frame.layout.channels)
+        loud = av.AudioFrame.from_ndarray(np.repeat(tone, channels, axis=1), "s16", layout)
+        loud.pts, loud.sample_rate, loud.time_base = frame.pts, frame.sample_rate, frame.time_base
+        return loud
+
+
+class KeyframeSchedule:
+    """A publisher that, like many encoders in the field, sends keyframes on its own schedule.
+
+    It ignores the SFU's keyframe requests and bitrate feedback (a REMB would also make
+    aiortc's VP8 encoder restart, which emits a keyframe) and forces a keyframe every
+    `interval` seconds. `count` is how many keyframes it has sent (the first frame is one).
+    """
+
+    def __init__(self, sender: RTCRtpSender, interval: float) -> None:
+        self.sender = sender
+        self.interval = interval
+        self.count = 1
+        original = sender._handle_rtcp_packet
+
+        async def handle_rtcp(packet: AnyRtcpPacket) -> None:
+            if isinstance(packet, RtcpPsfbPacket):
+                return
+            await original(packet)
+
+        sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.sender._send_keyframe()
+            self.count += 1
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+class ReceivedRtp:
+    """Every media RTP packet a viewer's receiver gets, parsed: (ssrc, seq, ts, audio level)."""
+
+    def __init__(self, pc: RTCPeerConnection) -> None:
+        self.packets: dict[str, list[tuple[int, int, int, object]]] = {"audio": [], "video": []}
+        for transceiver in pc.getTransceivers():
+            receiver = transceiver.receiver
+            original = receiver._handle_rtp_packet
+            record = self.packets[transceiver.kind]
+
+            async def handle(
+                packet: RtpPacket,
+                arrival_time_ms: int,
+                _orig: Any = original,
+                _record: list[tuple[int, int, int, object]] = record,
+            ) -> None:
+                _record.append(
+                    (
+                        packet.ssrc,
+                        packet.sequence_number,
+                        packet.timestamp,
+                        packet.extensions.audio_level,
+                    )
+                )
+                await _orig(packet, arrival_time_ms=arrival_time_ms)
+
+            receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
+
+    def media(self, kind: str) -> list[tuple[int, int, int, object]]:
+        """The packets on the track's main SSRC (retransmissions on the RTX SSRC excluded)."""
+        packets = self.packets[kind]
+        if not packets:
+            return []
+        counts: dict[int, int] = {}
+        for ssrc, *_ in packets:
+            counts[ssrc] = counts.get(ssrc, 0) + 1
+        main = max(counts, key=lambda s: counts[s])
+        return [p for p in packets if p[0] == main]
