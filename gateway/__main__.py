@@ -20,9 +20,10 @@ import uvloop
 import zmq
 from aiohttp import web
 
-from gateway.app import API_KEY, make_app
+from gateway.app import API_KEY, RedactingAccessLogger, make_app, make_metrics_app
 from gateway.config import PROG, GatewayConfig, load_config
 from gateway.directory import Directory
+from gateway.metrics import REGISTRY_KEY
 from gateway.registry import Registry
 from gateway.supervisor import Supervisor
 from ipc.channel import IpcError, router_channel
@@ -83,6 +84,7 @@ class Gateway:
         self.registry: Registry | None = None
         self.supervisor: Supervisor | None = None
         self.runner: web.AppRunner | None = None
+        self.metrics_runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         """Bind IPC, then HTTP, then spawn workers; raises OSError/ZMQError on a bind failure."""
@@ -99,11 +101,21 @@ class Gateway:
         self.registry.start()
 
         app = make_app(self.config, self.registry)
-        self.runner = web.AppRunner(app, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
+        self.runner = web.AppRunner(
+            app, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S, access_log_class=RedactingAccessLogger
+        )
         await self.runner.setup()
         address = self.config.http_addr
         site = web.TCPSite(self.runner, address.host, address.port, ssl_context=self.ssl_context)
         await site.start()
+        metrics_addr = self.config.metrics_addr
+        if metrics_addr is not None:
+            self.metrics_runner = web.AppRunner(
+                make_metrics_app(app[REGISTRY_KEY]), access_log=None
+            )
+            await self.metrics_runner.setup()
+            await web.TCPSite(self.metrics_runner, metrics_addr.host, metrics_addr.port).start()
+            log.info("metrics on %s/metrics", metrics_addr.url("http"))
         self.supervisor.start()
         scheme = "https" if self.ssl_context else "http"
         log.info(
@@ -141,6 +153,8 @@ class Gateway:
             await self.supervisor.stop(graceful=graceful)
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         if self.registry is not None:
             await self.registry.stop()
         if self._own_ipc_dir:

@@ -15,18 +15,24 @@ from functools import partial
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from multidict import CIMultiDict
+from prometheus_client import CollectorRegistry
 
-from gateway.config import GatewayConfig
+from gateway import api as control_api
+from gateway.auth import AUTH_KEY, Authenticator, require_room
+from gateway.config import ROOM_NAME_PATTERN, GatewayConfig
 from gateway.directory import SessionEntry, SessionKind
 from gateway.errors import Handler, HttpError, error_middleware, json_error, unavailable
+from gateway.metrics import COUNTERS_KEY, REGISTRY_KEY, metrics_handler, setup_metrics
+from gateway.ratelimit import TokenBuckets, rate_limit_middleware, request_client_key
 from gateway.registry import Registry
 from gateway.sdpfrag import SdpFragment, parse_sdpfrag, summarize_offer
 from ipc.channel import IpcError, RequestTimeout
 
 log = logging.getLogger(__name__)
 
-ROOM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ROOM_NAME = ROOM_NAME_PATTERN
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
 BODY_READ_TIMEOUT_S = 15.0  # a slow client must not hold a handler forever
@@ -48,9 +54,22 @@ PREFIXES: dict[SessionKind, tuple[str, str]] = {
 }
 
 
-def allowed_origin(request: web.Request) -> str:
-    """The one place that picks Access-Control-Allow-Origin (ALLOWED_ORIGIN comes later)."""
-    return "*"
+ORIGINS_KEY = web.AppKey("allowed_origins", frozenset)
+
+
+def allowed_origin(request: web.Request) -> str | None:
+    """The one place that picks Access-Control-Allow-Origin; None: no CORS headers at all.
+
+    ALLOWED_ORIGIN is `*` or a list of exact origins (live-webrtc-go also took a bare host
+    and matched any scheme and port of it: not any more).
+    """
+    origins = request.app[ORIGINS_KEY]
+    if "*" in origins:
+        return "*"
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.lower() in origins:
+        return origin
+    return None
 
 
 @web.middleware
@@ -67,7 +86,14 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _add_cors(request: web.Request, headers: CIMultiDict[str]) -> None:
-    headers["Access-Control-Allow-Origin"] = allowed_origin(request)
+    origin = allowed_origin(request)
+    if origin != "*":
+        headers.add("Vary", "Origin")  # the answer depends on Origin: caches must know
+    if origin is None:
+        return
+    headers["Access-Control-Allow-Origin"] = origin
+    if origin != "*":
+        headers["Access-Control-Allow-Credentials"] = "true"
     headers.update(CORS_HEADERS)
 
 
@@ -75,15 +101,23 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def ice_server_links(config: GatewayConfig) -> list[str]:
-    """RFC 9725 §4.6 Link headers, one per STUN/TURN URL."""
+def ice_server_links(config: GatewayConfig, room: str = "", with_turn: bool = True) -> list[str]:
+    """RFC 9725 §4.6 Link headers, one per STUN/TURN URL.
+
+    TURN entries (and their credentials: TURN REST ones with TURN_SECRET) only `with_turn`,
+    i.e. for a caller allowed to use the room.
+    """
     links = [f'<{url}>; rel="ice-server"' for url in config.stun_urls]
+    if not with_turn:
+        return links
+    credentials = control_api.turn_credentials(config, room)
     for url in config.turn_urls:
         link = f'<{url}>; rel="ice-server"'
-        if config.turn_username or config.turn_password:
+        if credentials is not None:
+            username, credential = credentials
             link += (
-                f"; username={_quote(config.turn_username)}"
-                f"; credential={_quote(config.turn_password)}"
+                f"; username={_quote(username)}"
+                f"; credential={_quote(credential)}"
                 '; credential-type="password"'
             )
         links.append(link)
@@ -143,7 +177,6 @@ class Api:
         self.config = config
         self.registry = registry
         self.directory = registry.directory
-        self.links = ice_server_links(config)
         self.draining = False
         self._background: set[asyncio.Task[None]] = set()
 
@@ -169,14 +202,18 @@ class Api:
 
     def _endpoint_options(self, request: web.Request) -> web.Response:
         headers: CIMultiDict[str] = CIMultiDict({"Accept-Post": SDP})
-        # ICE servers only on a plain OPTIONS, never on a CORS preflight (RFC 9725 §4.6).
-        if "Access-Control-Request-Method" not in request.headers:
-            for link in self.links:
+        # ICE servers only on a plain OPTIONS, never on a CORS preflight (RFC 9725 §4.6),
+        # and TURN only to a caller whose credentials grant the room.
+        room = request.match_info.get("room", "")
+        if "Access-Control-Request-Method" not in request.headers and ROOM_NAME.match(room):
+            with_turn = request.app[AUTH_KEY].may_use_room(request, room)
+            for link in ice_server_links(self.config, room, with_turn):
                 headers.add("Link", link)
         return web.Response(status=204, headers=headers)
 
     async def _create_session(self, kind: SessionKind, request: web.Request) -> web.Response:
         room = request.match_info["room"]
+        require_room(request, room)
         _check_content_type(request, SDP)
         offer = await read_bounded_body(request, self.config.max_body_bytes)
         try:
@@ -187,14 +224,17 @@ class Api:
             raise unavailable("shutting_down", "the gateway is shutting down")
         session_id, etag = new_session_id(), new_etag()
         ufrag, pwd = summary.ice_ufrag or "", summary.ice_pwd or ""
+        client = request_client_key(request, self.config.trusted_proxies)
+        self._check_caps(request, room, client)
         # Reserved before the first await: a concurrent second publisher sees it (409) and
-        # the subscriber limit counts it.
+        # the subscriber limit counts it; the caps above count it too.
         if kind == "publisher":
             session = self.directory.reserve_publisher(room, session_id, etag, ufrag, pwd)
         else:
             session = self.directory.reserve_subscriber(
                 room, session_id, etag, ufrag, pwd, self.config.max_subs_per_room
             )
+        session.client = client
         try:
             answer = await self.registry.open_session(session, offer)
         except BaseException as exc:
@@ -210,12 +250,57 @@ class Api:
         headers: CIMultiDict[str] = CIMultiDict()
         headers["Location"] = PREFIXES[kind][1] + session_id
         headers["ETag"] = etag
-        for link in self.links:
+        for link in ice_server_links(self.config, room):
             headers.add("Link", link)
         # body= rather than text= keeps Content-Type exactly application/sdp (no charset).
         return web.Response(
             status=201, body=answer.answer.encode(), content_type=SDP, headers=headers
         )
+
+    def _check_caps(self, request: web.Request, room: str, client: str) -> None:
+        """MAX_PENDING_SESSIONS, MAX_SESSIONS_PER_WORKER, MAX_SESSIONS_PER_IP, before reserving.
+
+        Counted by walking the sessions, and only for the caps that are set.
+        """
+        config = self.config
+        if not (
+            config.max_pending_sessions
+            or config.max_sessions_per_worker
+            or config.max_sessions_per_ip
+        ):
+            return
+        worker_id = self.directory.worker_for_room(room)
+        pending = on_worker = from_client = 0
+        for session in self.directory.sessions.values():
+            pending += not session.connected
+            on_worker += session.worker_id == worker_id
+            from_client += session.client == client
+        refusal: HttpError | None = None
+        if config.max_sessions_per_ip and from_client >= config.max_sessions_per_ip:
+            refusal = HttpError(
+                429,
+                "too_many_sessions_from_client",
+                f"this address already has {from_client} sessions "
+                f"(MAX_SESSIONS_PER_IP={config.max_sessions_per_ip}); close one first",
+            )
+        elif config.max_pending_sessions and pending >= config.max_pending_sessions:
+            refusal = unavailable(
+                "too_many_pending_sessions",
+                f"{pending} sessions are still connecting (MAX_PENDING_SESSIONS); try again",
+            )
+        elif (
+            worker_id is not None
+            and config.max_sessions_per_worker
+            and on_worker >= config.max_sessions_per_worker
+        ):
+            refusal = unavailable(
+                "worker_full",
+                f"the media worker for room {room!r} holds {on_worker} sessions "
+                f"(MAX_SESSIONS_PER_WORKER); try again later",
+            )
+        if refusal is not None:
+            request.app[COUNTERS_KEY].sessions_refused.labels(refusal.code).inc()
+            raise refusal
 
     def _close_in_background(self, session: SessionEntry) -> None:
         async def close() -> None:
@@ -318,12 +403,59 @@ def _add_static_ui(app: web.Application) -> None:
     app.router.add_static("/web/", WEB_DIR, follow_symlinks=False)
 
 
+_SESSION_PATH = re.compile(r"^(/api/wh[ie]p/session/)([^/]{8})[^/]+")
+
+
+def redact_target(path: str, query: str) -> str:
+    """A request target fit for a log: session ids cut to 8 characters (the URL is the
+    session's credential) and every query value replaced (clients put tokens there)."""
+    safe = _SESSION_PATH.sub(r"\g<1>\g<2>…", path)
+    if query:
+        keys = [part.partition("=")[0] for part in query.split("&") if part]
+        safe += "?" + "&".join(f"{key}=REDACTED" for key in keys)
+    return safe
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """aiohttp's access log without secrets: no headers, redacted paths and queries."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %d %d %.1fms "%s"',
+            request.remote or "-",
+            request.method,
+            redact_target(request.path, request.query_string),
+            response.status,
+            response.body_length,
+            time * 1000,
+            request.headers.get("User-Agent", "-"),
+        )
+
+
+def make_metrics_app(registry: CollectorRegistry) -> web.Application:
+    """The METRICS_ADDR listener: /metrics alone."""
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/metrics", metrics_handler(registry))
+    return app
+
+
 def make_app(config: GatewayConfig, registry: Registry) -> web.Application:
     # client_max_size bounds aiohttp's own readers; ours enforce max_body_bytes themselves.
     app = web.Application(
         middlewares=[cors_middleware, error_middleware],
         client_max_size=config.max_body_bytes,
     )
+    # The metrics registry exists before any route, so every setup below can add collectors.
+    totals = setup_metrics(app, registry.directory)
+    registry.on_heartbeat = totals.observe
+    if config.rate_limit_rps > 0:
+        buckets = TokenBuckets(config.rate_limit_rps, config.rate_limit_burst)
+        on_refused = app[COUNTERS_KEY].rate_limited.inc
+        app.middlewares.append(
+            rate_limit_middleware(buckets, config.trusted_proxies, on_refused)
+        )
+    app[ORIGINS_KEY] = frozenset(config.allowed_origin)
+    app[AUTH_KEY] = Authenticator(config)
     api = Api(config, registry)
     app[API_KEY] = api
     for kind, (endpoint_prefix, session_prefix) in PREFIXES.items():
@@ -332,8 +464,11 @@ def make_app(config: GatewayConfig, registry: Registry) -> web.Application:
         app.router.add_route("*", endpoint_prefix.rstrip("/"), endpoint_handler)
         app.router.add_route("*", endpoint_prefix + "{room:.*}", endpoint_handler)
         app.router.add_route("*", session_prefix + "{session_id}", partial(api.session, kind))
+    control_api.add_routes(app, control_api.ControlApi(config, registry, totals))
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
+    if config.metrics_addr is None:
+        app.router.add_get("/metrics", metrics_handler(app[REGISTRY_KEY]))
     app.router.add_get("/", _redirect_to_web)
     _add_static_ui(app)
     return app

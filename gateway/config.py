@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -31,6 +32,9 @@ PROG = "sfu-gateway"
 DESCRIPTION = "WHIP/WHEP HTTP gateway of live-sfu; supervises the media workers."
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_BODY_LIMIT = 64 * 1024 * 1024
+ROOM_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # live-webrtc-go's room names
+# HMAC only: the server pins these, a token's own "alg" header never chooses the algorithm.
+JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
 # sockaddr_un.sun_path is 108 bytes on Linux; leave room for "/gateway.sock" and the NUL.
 MAX_IPC_DIR_LENGTH = 90
 
@@ -107,6 +111,62 @@ def parse_turn_urls(raw: str) -> list[str]:
     return _parse_ice_urls(raw, ("turn", "turns"))
 
 
+def parse_room_tokens(raw: str) -> dict[str, str]:
+    """live-webrtc-go's ROOM_TOKENS: 'room1:tok1;room2:tok2' (a token may contain ':')."""
+    tokens: dict[str, str] = {}
+    for piece in raw.split(";"):
+        if not piece.strip():
+            continue  # a trailing ';' is harmless
+        room, sep, token = (part.strip() for part in piece.partition(":"))
+        if not sep or not token:
+            raise ValueError("expected room:token pairs separated by ';'")
+        if not ROOM_NAME_PATTERN.match(room):
+            raise ValueError(f"room {room!r} is not a valid room name")
+        tokens[room] = token
+    return tokens
+
+
+def parse_optional_http_addr(raw: str) -> HttpAddress | None:
+    return parse_http_addr(raw) if raw.strip() else None
+
+
+def parse_allowed_origins(raw: str) -> list[str]:
+    """'*' or a comma separated list of exact origins (scheme://host[:port])."""
+    origins = parse_csv(raw)
+    if origins == ["*"]:
+        return origins
+    if not origins:
+        raise ValueError("expected * or a comma separated list of origins")
+    for origin in origins:
+        parts = urlsplit(origin)
+        exact = f"{parts.scheme}://{parts.netloc}"
+        if parts.scheme not in ("http", "https") or not parts.hostname or origin != exact:
+            raise ValueError(
+                f"{origin!r} is not an exact origin such as https://example.com or "
+                "http://localhost:3000 (no path, no trailing slash)"
+            )
+    return [origin.lower() for origin in origins]
+
+
+def parse_networks(raw: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Comma separated CIDRs or single addresses."""
+    return [ipaddress.ip_network(part, strict=False) for part in parse_csv(raw)]
+
+
+def parse_non_negative_float(raw: str) -> float:
+    value = float(raw.strip())
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number >= 0")
+    return value
+
+
+def parse_jwt_algorithms(raw: str) -> list[str]:
+    algorithms = [part.upper() for part in parse_csv(raw)]
+    if not algorithms or any(a not in JWT_ALGORITHMS for a in algorithms):
+        raise ValueError(f"expected a comma separated subset of {', '.join(JWT_ALGORITHMS)}")
+    return algorithms
+
+
 def parse_log_level(raw: str) -> str:
     level = raw.strip().lower()
     if level not in LOG_LEVELS:
@@ -146,7 +206,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("turn_urls", "TURN_URLS", "", "comma separated turn:/turns: URLs", parse_turn_urls),
     Setting("turn_username", "TURN_USERNAME", "", "static TURN username"),
-    Setting("turn_password", "TURN_PASSWORD", "", "static TURN password"),
+    Setting("turn_password", "TURN_PASSWORD", "", "static TURN password", secret=True),
     Setting(
         "max_subs_per_room",
         "MAX_SUBS_PER_ROOM",
@@ -217,6 +277,108 @@ SETTINGS: tuple[Setting, ...] = (
         parse_positive_float,
     ),
     Setting("log_level", "LOG_LEVEL", "info", "debug, info, warning or error", parse_log_level),
+    # --- access control (live-webrtc-go names) ---
+    Setting(
+        "allowed_origin",
+        "ALLOWED_ORIGIN",
+        "*",
+        "CORS: * or a comma separated list of exact origins (https://app.example.com)",
+        parse_allowed_origins,
+    ),
+    Setting(
+        "auth_token",
+        "AUTH_TOKEN",
+        "",
+        "token that grants every room without its own token",
+        secret=True,
+    ),
+    Setting(
+        "room_tokens",
+        "ROOM_TOKENS",
+        "",
+        "per-room tokens room1:tok1;room2:tok2 (AUTH_TOKEN does not open these rooms)",
+        parse_room_tokens,
+        secret=True,
+    ),
+    Setting("jwt_secret", "JWT_SECRET", "", "HMAC key; enables JWT bearer tokens", secret=True),
+    Setting("jwt_audience", "JWT_AUDIENCE", "", "required aud claim of JWTs, when set"),
+    Setting(
+        "jwt_algorithms",
+        "JWT_ALGORITHMS",
+        ",".join(JWT_ALGORITHMS),
+        "accepted JWT algorithms (HMAC only)",
+        parse_jwt_algorithms,
+    ),
+    Setting(
+        "admin_token",
+        "ADMIN_TOKEN",
+        "",
+        "token for the admin API; empty = JWT admins only",
+        secret=True,
+    ),
+    Setting(
+        "rate_limit_rps",
+        "RATE_LIMIT_RPS",
+        "0",
+        "API requests per second per client IP (IPv6 per /64); 0 = no limit",
+        parse_non_negative_float,
+    ),
+    Setting(
+        "rate_limit_burst",
+        "RATE_LIMIT_BURST",
+        "0",
+        "bucket size of the rate limit; 0 = 1, as in live-webrtc-go",
+        parse_int_range(0, 1_000_000),
+    ),
+    Setting(
+        "trusted_proxies",
+        "TRUSTED_PROXIES",
+        "",
+        "CIDRs of reverse proxies whose X-Forwarded-For is believed",
+        parse_networks,
+    ),
+    Setting(
+        "max_sessions_per_ip",
+        "MAX_SESSIONS_PER_IP",
+        "0",
+        "concurrent sessions per client IP (IPv6 per /64); 0 = unlimited",
+        parse_int_range(0, 1_000_000),
+    ),
+    Setting(
+        "max_sessions_per_worker",
+        "MAX_SESSIONS_PER_WORKER",
+        "0",
+        "sessions one media worker may hold; 0 = unlimited",
+        parse_int_range(0, 1_000_000),
+    ),
+    Setting(
+        "max_pending_sessions",
+        "MAX_PENDING_SESSIONS",
+        "1000",
+        "sessions not yet connected, over all workers; 0 = unlimited",
+        parse_int_range(0, 1_000_000),
+    ),
+    Setting(
+        "turn_secret",
+        "TURN_SECRET",
+        "",
+        "shared secret of the TURN server's REST API (coturn use-auth-secret)",
+        secret=True,
+    ),
+    Setting(
+        "turn_ttl",
+        "TURN_TTL",
+        "86400",
+        "seconds TURN REST credentials stay valid",
+        parse_int_range(60, 7 * 86400),
+    ),
+    Setting(
+        "metrics_addr",
+        "METRICS_ADDR",
+        "",
+        "serve /metrics on this address only (e.g. 127.0.0.1:9100); empty = on HTTP_ADDR",
+        parse_optional_http_addr,
+    ),
 )
 
 
@@ -244,10 +406,44 @@ class GatewayConfig:
     worker_timeout: float
     ipc_timeout: float
     log_level: str
+    allowed_origin: list[str]
+    auth_token: str
+    room_tokens: dict[str, str]
+    jwt_secret: str
+    jwt_audience: str
+    jwt_algorithms: list[str]
+    admin_token: str
+    rate_limit_rps: float
+    rate_limit_burst: int
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    max_sessions_per_ip: int
+    max_sessions_per_worker: int
+    max_pending_sessions: int
+    turn_secret: str
+    turn_ttl: int
+    metrics_addr: HttpAddress | None
+    # Recording and upload (issue 6)
+    record_enabled: bool = False
+    record_dir: str = "records"
+    upload_recordings: bool = False
+    delete_recording_after_upload: bool = False
+    s3_endpoint: str = ""
+    s3_region: str = ""
+    s3_bucket: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_prefix: str = ""
+    s3_use_ssl: bool = True
+    s3_path_style: bool | None = None
 
     @property
     def tls_enabled(self) -> bool:
         return bool(self.tls_cert_file)
+
+    @property
+    def auth_enabled(self) -> bool:
+        """live-webrtc-go's definition: some room needs a credential."""
+        return bool(self.auth_token or self.room_tokens or self.jwt_secret)
 
 
 def split_port_range(ports: tuple[int, int], slots: int) -> list[tuple[int, int]]:
@@ -281,6 +477,14 @@ def _check_combinations(config: GatewayConfig) -> None:
             )
     if config.worker_timeout <= config.heartbeat_interval:
         die(PROG, "WORKER_TIMEOUT must be longer than HEARTBEAT_INTERVAL")
+    if config.jwt_audience and not config.jwt_secret:
+        die(PROG, "JWT_AUDIENCE is set but JWT_SECRET is not")
+    if config.turn_secret and (config.turn_username or config.turn_password):
+        die(PROG, "set TURN_SECRET (REST credentials) or TURN_USERNAME/TURN_PASSWORD, not both")
+    if config.turn_secret and not config.turn_urls:
+        die(PROG, "TURN_SECRET is set but TURN_URLS is empty")
+    if config.metrics_addr is not None and config.metrics_addr == config.http_addr:
+        die(PROG, "METRICS_ADDR must differ from HTTP_ADDR (leave it empty to share)")
 
 
 def load_config(

@@ -71,6 +71,7 @@ class SessionEntry:
     ice_pwd: str
     connected: bool = False
     created: float = field(default_factory=time.monotonic)
+    client: str = ""  # rate-limit key of the creator (IP, IPv6 /64), for per-client caps
 
 
 class Directory:

@@ -53,6 +53,10 @@ def _ignore(_worker_id: str) -> None:
     return None
 
 
+def _ignore_heartbeat(_worker: WorkerInfo, _heartbeat: Heartbeat) -> None:
+    return None
+
+
 class UnexpectedAnswer(IpcError):
     """The worker answered with a message type the request does not allow."""
 
@@ -75,6 +79,8 @@ class Registry:
         self.local_pid_of: Callable[[str], int | None] = _no_local_pid
         self.on_worker_registered: Callable[[str], None] = _ignore
         self.on_worker_lost: Callable[[str], None] = _ignore
+        # Metrics (gateway/metrics.py) read every heartbeat's counters.
+        self.on_heartbeat: Callable[[WorkerInfo, Heartbeat], None] = _ignore_heartbeat
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -160,6 +166,7 @@ class Registry:
         worker.reported_sessions = heartbeat.sessions
         worker.forwarded_packets_per_s = heartbeat.forwarded_packets_per_s
         worker.cpu = heartbeat.cpu
+        self.on_heartbeat(worker, heartbeat)
         return HeartbeatAck()
 
     def _on_notification(self, peer: bytes, body: Message) -> None:

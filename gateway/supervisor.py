@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config import GatewayConfig, split_port_range
+from gateway.config import SETTINGS, GatewayConfig, split_port_range
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,10 @@ def worker_command(config: GatewayConfig, slot: Slot, connect: str) -> list[str]
 
 
 def _child_environment() -> dict[str, str]:
-    """Make `python -m sfu` importable even when the project is not installed."""
-    env = dict(os.environ)
+    """Make `python -m sfu` importable even when the project is not installed; and keep the
+    gateway's secrets (tokens, JWT and TURN secrets), which workers never need, out of it."""
+    secrets = {setting.env for setting in SETTINGS if setting.secret}
+    env = {name: value for name, value in os.environ.items() if name not in secrets}
     paths = [str(PROJECT_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env

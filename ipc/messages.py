@@ -35,6 +35,25 @@ class Welcome(_Msg, tag="welcome"):
     heartbeat_interval: float
 
 
+class RoomStats(msgspec.Struct, forbid_unknown_fields=True, array_like=True):
+    """One room in a heartbeat. Counters run since the room was created on this worker.
+
+    A room that closed since the previous heartbeat is reported once more with closed=True
+    and its final counters, so the gateway's per-room totals miss nothing.
+    """
+
+    name: str
+    publisher_state: str  # "none" | "connecting" | "connected"
+    tracks: list[tuple[str, str]]  # (kind, codec name) of the current publisher
+    subscribers: int
+    packets_in: int = 0
+    bytes_in: int = 0
+    packets_out: int = 0
+    bytes_out: int = 0
+    dropped_packets: int = 0
+    closed: bool = False
+
+
 class Heartbeat(_Msg, tag="heartbeat"):
     """Sent by a worker from its event loop; a late heartbeat means a busy or hung loop."""
 
@@ -49,6 +68,9 @@ class Heartbeat(_Msg, tag="heartbeat"):
     packets_out: int = 0
     bytes_out: int = 0
     dropped_packets: int = 0
+    bytes_in: int = 0
+    ipc_round_trip_s: float = 0.0  # of the previous heartbeat request
+    room_stats: list[RoomStats] = msgspec.field(default_factory=list)
 
 
 class HeartbeatAck(_Msg, tag="heartbeat_ack"):

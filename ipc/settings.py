@@ -23,6 +23,7 @@ class Setting:
     default: str  # as it would be written in the environment
     help: str
     parse: Callable[[str], Any] = str
+    secret: bool = False  # never echo its value (tokens, keys)
 
     @property
     def flag(self) -> str:
@@ -70,7 +71,8 @@ def load(
         try:
             value = s.parse(raw)
         except (ValueError, TypeError) as exc:
-            parser.exit(2, f"{prog}: invalid value {raw!r} for {source}: {exc}\n")
+            shown = "(value hidden)" if s.secret else repr(raw)
+            parser.exit(2, f"{prog}: invalid value {shown} for {source}: {exc}\n")
         setattr(result, s.name, value)
     return result
 

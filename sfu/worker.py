@@ -21,6 +21,7 @@ from ipc.channel import Channel, IpcError, RemoteFailure, dealer_channel
 from sfu import __version__
 from sfu.forward import ForwardingStats, InstantStart
 from sfu.room import Room
+from sfu.roomstats import add_into, room_stats, worker_totals
 from sfu.sdp import ice_credentials
 from sfu.session import (
     OfferError,
@@ -50,7 +51,9 @@ class WorkerConfig:
 class Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self.stats = ForwardingStats()
+        # Each room counts its own traffic; this holds what closed rooms counted.
+        self.retired_stats = ForwardingStats()
+        self._closed_rooms: list[m.RoomStats] = []  # reported once, in the next heartbeat
         self.rooms: dict[str, Room] = {}
         self.sessions: dict[str, Session] = {}
         self.channel: Channel = dealer_channel(config.connect, config.worker_id.encode())
@@ -115,7 +118,8 @@ class Worker:
         last_ack = time.monotonic()
         cpu_before = time.process_time()
         wall_before = time.monotonic()
-        packets_before = self.stats.packets_out
+        packets_before = self.totals().packets_out
+        round_trip = 0.0
         while not self._stopping.is_set():
             scheduled = time.monotonic() + interval
             try:
@@ -129,22 +133,31 @@ class Worker:
                 self.exit_reason = "parent gone"
                 return
             wall = max(now - wall_before, 1e-6)
+            totals = self.totals()
+            closed_rooms = list(self._closed_rooms)
             heartbeat = m.Heartbeat(
                 rooms=sorted(self.rooms),
                 sessions=len(self.sessions),
-                forwarded_packets_per_s=(self.stats.packets_out - packets_before) / wall,
+                forwarded_packets_per_s=(totals.packets_out - packets_before) / wall,
                 cpu=(time.process_time() - cpu_before) / wall,
                 rss_bytes=_rss_bytes(),
                 loop_lag_s=max(now - scheduled, 0.0),
-                packets_in=self.stats.packets_in,
-                packets_out=self.stats.packets_out,
-                bytes_out=self.stats.bytes_out,
-                dropped_packets=self.stats.dropped,
+                packets_in=totals.packets_in,
+                packets_out=totals.packets_out,
+                bytes_out=totals.bytes_out,
+                dropped_packets=totals.dropped,
+                bytes_in=totals.bytes_in,
+                ipc_round_trip_s=round_trip,
+                room_stats=[self._room_stats(room) for room in self.rooms.values()]
+                + closed_rooms,
             )
             cpu_before, wall_before = time.process_time(), now
-            packets_before = self.stats.packets_out
+            packets_before = totals.packets_out
             try:
+                sent_at = time.monotonic()
                 answer = await self.channel.request(heartbeat, timeout=max(interval * 4, 1.0))
+                round_trip = time.monotonic() - sent_at
+                del self._closed_rooms[: len(closed_rooms)]
             except IpcError:
                 if time.monotonic() - last_ack > self.config.gateway_timeout:
                     log.error("gateway silent for %gs; exiting", self.config.gateway_timeout)
@@ -159,6 +172,13 @@ class Worker:
                 if new_interval is None:
                     return
                 interval = new_interval
+
+    def totals(self) -> ForwardingStats:
+        return worker_totals(self.retired_stats, self.rooms.values())
+
+    def _room_stats(self, room: Room, closed: bool = False) -> m.RoomStats:
+        publisher = self.sessions.get(room.publisher_id) if room.publisher_id else None
+        return room_stats(room, publisher, closed)
 
     def _parent_alive(self) -> bool:
         parent = self.config.parent_pid
@@ -212,9 +232,11 @@ class Worker:
         elif room is None or not room.codecs:
             return m.Failure("no_room", f"room {room_name!r} has no publisher")
         if room is None:
-            room = self.rooms[room_name] = Room(room_name, self.stats, self.config.instant_start)
+            room = self.rooms[room_name] = Room(
+                room_name, ForwardingStats(), self.config.instant_start
+            )
         session = session_type(
-            room, session_id, self.config.session, self.stats, self._on_state, self._on_closed
+            room, session_id, self.config.session, room.stats, self._on_state, self._on_closed
         )
         self.sessions[session_id] = session
         if isinstance(session, PublisherSession):
@@ -259,6 +281,8 @@ class Worker:
         if room.empty and self.rooms.get(room.name) is room:
             room.close()
             del self.rooms[room.name]
+            add_into(self.retired_stats, room.stats)
+            self._closed_rooms.append(self._room_stats(room, closed=True))
 
     def _notify(self, body: m.Message) -> None:
         if self.channel.closed:

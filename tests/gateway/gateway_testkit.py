@@ -20,6 +20,8 @@ from types import ModuleType
 
 import aiohttp
 
+from gateway.config import SETTINGS
+
 REPO = Path(__file__).resolve().parents[2]
 PEER = REPO / "tests" / "clients" / "peer.py"
 
@@ -43,24 +45,8 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-# Settings the test environment must not leak into the gateway under test.
-_GATEWAY_ENV = {
-    "HTTP_ADDR",
-    "WORKERS",
-    "WORKER_LISTEN",
-    "IPC_DIR",
-    "STUN_URLS",
-    "TURN_URLS",
-    "TURN_USERNAME",
-    "TURN_PASSWORD",
-    "MAX_SUBS_PER_ROOM",
-    "TLS_CERT_FILE",
-    "TLS_KEY_FILE",
-    "MAX_BODY_BYTES",
-    "UDP_PORTS",
-    "WORKER_TOKEN",
-    "LOG_LEVEL",
-}
+# Settings the test environment must not leak into the gateway under test: every one it has.
+_GATEWAY_ENV = {setting.env for setting in SETTINGS}
 
 
 def run_gateway_cli(
@@ -322,3 +308,24 @@ def worker_id_of(pid: int) -> str:
     with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
         argv = cmdline.read().decode().split("\0")
     return argv[argv.index("--worker-id") + 1]
+
+
+def start_healthy_gateway(
+    tmp_dir: Path, args: list[str], env: dict[str, str] | None = None, ready: bool = False
+) -> GatewayProcess:
+    """A gateway for a module-scoped fixture: started and waited for synchronously
+    (/healthz, or /readyz with `ready`, i.e. once a worker registered)."""
+    gateway = GatewayProcess(tmp_dir, args, env)
+    path = "/readyz" if ready else "/healthz"
+
+    def up() -> bool:
+        if gateway.process.poll() is not None:
+            raise AssertionError(f"gateway exited early:\n{gateway.log()}")
+        return http_status(gateway.url + path) == 200
+
+    try:
+        wait_sync(up, 20.0, f"{path} to answer 200")
+    except BaseException:
+        gateway.stop()
+        raise
+    return gateway

@@ -1,0 +1,292 @@
+"""Prometheus metrics of the whole server, served by the gateway.
+
+Workers report counters since they started (and per room since the room was created) in
+every heartbeat. The gateway turns those into its own monotonic totals: it adds the increase
+since the previous report, and treats a lower value or a new pid as a restart that began
+from zero. So `live_rtp_packets_total` and the per-worker counters never go backwards when a
+worker is replaced, and nothing depends on when Prometheus scrapes.
+
+Names follow the design document (`live_rooms`, `live_subscribers{room}`,
+`live_rtp_bytes_total{room}`, `live_rtp_packets_total{room}`); live-webrtc-go exported the
+same figures as `webrtc_*`. A room's series disappear a while after the room closed (the
+reference server kept them forever).
+
+Other modules add their own metrics to the app's registry, `app[REGISTRY_KEY]`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.directory import Directory, WorkerInfo
+from ipc.messages import Heartbeat, RoomStats
+
+# How long the series of a closed room or a vanished worker stay exported.
+RETIRED_SERIES_TTL_S = 300.0
+
+REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
+
+# The counters a worker reports, in this order, per worker and per room.
+COUNTER_FIELDS = ("packets_in", "bytes_in", "packets_out", "bytes_out", "dropped_packets")
+Values = tuple[int, ...]
+
+
+def _worker_values(heartbeat: Heartbeat) -> Values:
+    return tuple(getattr(heartbeat, name) for name in COUNTER_FIELDS)
+
+
+def _room_values(stats: RoomStats) -> Values:
+    return tuple(getattr(stats, name) for name in COUNTER_FIELDS)
+
+
+@dataclass
+class _Totals:
+    values: list[int] = field(default_factory=lambda: [0] * len(COUNTER_FIELDS))
+    last_seen: float = 0.0
+
+
+@dataclass
+class WorkerReport:
+    """The latest heartbeat of a worker, for gauges and the admin API."""
+
+    pid: int
+    heartbeat: Heartbeat
+    started: float  # monotonic time the gateway first heard of this pid
+    received: float
+
+
+class TrafficTotals:
+    """Monotonic per-worker and per-room counters built from worker heartbeats."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        # (worker id, room or "") -> (pid, last reported values)
+        self._baseline: dict[tuple[str, str], tuple[int, Values]] = {}
+        self.workers: dict[str, _Totals] = {}
+        self.rooms: dict[str, _Totals] = {}
+        self.reports: dict[str, WorkerReport] = {}
+
+    def _advance(self, key: tuple[str, str], pid: int, values: Values, totals: _Totals) -> None:
+        previous = self._baseline.get(key)
+        base = previous[1] if previous is not None and previous[0] == pid else None
+        for index, value in enumerate(values):
+            before = 0 if base is None else base[index]
+            # A lower value than before: the counter restarted from zero.
+            totals.values[index] += value - before if value >= before else value
+        self._baseline[key] = (pid, values)
+
+    def observe(self, worker: WorkerInfo, heartbeat: Heartbeat) -> None:
+        now = self.clock()
+        worker_id, pid = worker.worker_id, worker.pid
+        report = self.reports.get(worker_id)
+        started = report.started if report is not None and report.pid == pid else now
+        self.reports[worker_id] = WorkerReport(pid, heartbeat, started, now)
+
+        totals = self.workers.setdefault(worker_id, _Totals())
+        totals.last_seen = now
+        self._advance((worker_id, ""), pid, _worker_values(heartbeat), totals)
+
+        live: set[str] = set()
+        # Closed rooms first: a new room of the same name continues from a zero baseline.
+        for stats in sorted(heartbeat.room_stats, key=lambda r: not r.closed):
+            room_totals = self.rooms.setdefault(stats.name, _Totals())
+            room_totals.last_seen = now
+            key = (worker_id, stats.name)
+            self._advance(key, pid, _room_values(stats), room_totals)
+            if stats.closed:
+                del self._baseline[key]  # a room of that name starts again from zero
+            else:
+                live.add(stats.name)
+        for key in [k for k in self._baseline if k[0] == worker_id and k[1]]:
+            if key[1] not in live:
+                del self._baseline[key]
+
+    def forget_stale(self, directory: Directory) -> None:
+        """Drop series of rooms and workers gone for longer than RETIRED_SERIES_TTL_S."""
+        horizon = self.clock() - RETIRED_SERIES_TTL_S
+        for name in [n for n, t in self.rooms.items() if t.last_seen < horizon]:
+            if name not in directory.rooms:
+                del self.rooms[name]
+        for worker_id in [w for w, t in self.workers.items() if t.last_seen < horizon]:
+            if worker_id not in directory.workers:
+                del self.workers[worker_id]
+                self.reports.pop(worker_id, None)
+                for key in [k for k in self._baseline if k[0] == worker_id]:
+                    del self._baseline[key]
+
+    def room_report(self, worker_id: str, room: str) -> RoomStats | None:
+        report = self.reports.get(worker_id)
+        if report is None:
+            return None
+        for stats in report.heartbeat.room_stats:
+            if stats.name == room and not stats.closed:
+                return stats
+        return None
+
+
+class LiveCollector(Collector):
+    """Everything derived from the directory and the workers' heartbeats, at scrape time."""
+
+    def __init__(self, directory: Directory, totals: TrafficTotals) -> None:
+        self.directory = directory
+        self.totals = totals
+
+    def collect(self) -> Iterable[Metric]:
+        directory, totals = self.directory, self.totals
+        totals.forget_stale(directory)
+        yield GaugeMetricFamily("live_rooms", "Rooms that exist now", value=len(directory.rooms))
+        yield GaugeMetricFamily(
+            "live_workers", "Media workers registered and alive", value=len(directory.workers)
+        )
+        subscribers = GaugeMetricFamily(
+            "live_subscribers", "Viewers per room, pending ones included", labels=["room"]
+        )
+        for name, room in sorted(directory.rooms.items()):
+            subscribers.add_metric([name], len(room.subscribers))
+        yield subscribers
+        sessions = GaugeMetricFamily(
+            "live_sessions", "WHIP/WHEP sessions by kind and state", labels=["kind", "state"]
+        )
+        counts = {(k, s): 0 for k in ("publisher", "subscriber") for s in ("pending", "connected")}
+        for session in directory.sessions.values():
+            counts[(session.kind, "connected" if session.connected else "pending")] += 1
+        for (kind, state), count in counts.items():
+            sessions.add_metric([kind, state], count)
+        yield sessions
+
+        yield from _room_counters(totals)
+        yield from _worker_counters(totals)
+        yield from _worker_gauges(directory, totals)
+
+
+def _room_counters(totals: TrafficTotals) -> Iterable[Metric]:
+    described = (
+        ("live_rtp_packets_total", "RTP packets received from publishers, by room", 0),
+        ("live_rtp_bytes_total", "RTP bytes received from publishers, by room", 1),
+        ("live_rtp_sent_packets_total", "RTP packets forwarded to viewers, by room", 2),
+        ("live_rtp_sent_bytes_total", "RTP payload bytes forwarded to viewers, by room", 3),
+        ("live_rtp_dropped_packets_total", "Malformed or unroutable packets, by room", 4),
+    )
+    for name, documentation, index in described:
+        family = CounterMetricFamily(name, documentation, labels=["room"])
+        for room, room_totals in sorted(totals.rooms.items()):
+            family.add_metric([room], room_totals.values[index])
+        yield family
+
+
+def _worker_counters(totals: TrafficTotals) -> Iterable[Metric]:
+    described = (
+        ("live_worker_received_packets_total", "RTP packets received by a worker", 0),
+        ("live_worker_received_bytes_total", "RTP bytes received by a worker", 1),
+        ("live_worker_forwarded_packets_total", "RTP packets forwarded by a worker", 2),
+        ("live_worker_forwarded_bytes_total", "RTP payload bytes forwarded by a worker", 3),
+        ("live_worker_dropped_packets_total", "Packets a worker dropped", 4),
+    )
+    for name, documentation, index in described:
+        family = CounterMetricFamily(name, documentation, labels=["worker"])
+        for worker_id, worker_totals in sorted(totals.workers.items()):
+            family.add_metric([worker_id], worker_totals.values[index])
+        yield family
+
+
+def _worker_gauges(directory: Directory, totals: TrafficTotals) -> Iterable[Metric]:
+    live = [(w, totals.reports.get(w)) for w in sorted(directory.workers)]
+    reports = [(w, r) for w, r in live if r is not None]
+    now = totals.clock()
+    described: tuple[tuple[str, str, Callable[[WorkerReport], float]], ...] = (
+        ("live_worker_sessions", "Sessions on a worker", lambda r: r.heartbeat.sessions),
+        ("live_worker_rooms", "Rooms on a worker", lambda r: len(r.heartbeat.rooms)),
+        (
+            "live_worker_event_loop_lag_seconds",
+            "How late the worker's last heartbeat tick ran",
+            lambda r: r.heartbeat.loop_lag_s,
+        ),
+        (
+            "live_worker_ipc_round_trip_seconds",
+            "Round trip of the worker's previous heartbeat request to the gateway",
+            lambda r: r.heartbeat.ipc_round_trip_s,
+        ),
+        (
+            "live_worker_cpu_ratio",
+            "Fraction of one core the worker used",
+            lambda r: r.heartbeat.cpu,
+        ),
+        ("live_worker_rss_bytes", "Resident memory of the worker", lambda r: r.heartbeat.rss_bytes),
+        (
+            "live_worker_forwarded_packets_per_second",
+            "Forwarding rate over the last heartbeat interval",
+            lambda r: r.heartbeat.forwarded_packets_per_s,
+        ),
+        ("live_worker_uptime_seconds", "Since the worker registered", lambda r: now - r.started),
+    )
+    for name, documentation, value_of in described:
+        family = GaugeMetricFamily(name, documentation, labels=["worker"])
+        for worker_id, report in reports:
+            family.add_metric([worker_id], value_of(report))
+        yield family
+
+
+class GatewayCounters:
+    """Counters of the gateway's own decisions (refusals), in the app's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rate_limited = Counter(
+            "live_http_rate_limited",
+            "API requests refused with 429 by the per-client rate limit",
+            registry=registry,
+        )
+        self.auth_refused = Counter(
+            "live_http_auth_refused",
+            "Requests refused for missing, invalid or insufficient credentials",
+            ["status"],
+            registry=registry,
+        )
+        self.sessions_refused = Counter(
+            "live_sessions_refused",
+            "New sessions refused by a cap",
+            ["reason"],
+            registry=registry,
+        )
+
+
+COUNTERS_KEY = web.AppKey("metrics_counters", GatewayCounters)
+TOTALS_KEY = web.AppKey("metrics_totals", TrafficTotals)
+
+
+def setup_metrics(app: web.Application, directory: Directory) -> TrafficTotals:
+    """Create the app's registry (before any route is added) with the live-sfu collectors."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    totals = TrafficTotals()
+    registry.register(LiveCollector(directory, totals))
+    app[REGISTRY_KEY] = registry
+    app[COUNTERS_KEY] = GatewayCounters(registry)
+    app[TOTALS_KEY] = totals
+    return totals
+
+
+def metrics_handler(
+    registry: CollectorRegistry,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def serve(request: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return serve
