@@ -26,6 +26,7 @@ from gateway.directory import SessionEntry, SessionKind
 from gateway.errors import Handler, HttpError, error_middleware, json_error, unavailable
 from gateway.metrics import COUNTERS_KEY, REGISTRY_KEY, metrics_handler, setup_metrics
 from gateway.ratelimit import TokenBuckets, rate_limit_middleware, request_client_key
+from gateway.recordings import setup_recordings
 from gateway.registry import Registry
 from gateway.sdpfrag import SdpFragment, parse_sdpfrag, summarize_offer
 from ipc.channel import IpcError, RequestTimeout
@@ -465,6 +466,7 @@ def make_app(config: GatewayConfig, registry: Registry) -> web.Application:
         app.router.add_route("*", endpoint_prefix + "{room:.*}", endpoint_handler)
         app.router.add_route("*", session_prefix + "{session_id}", partial(api.session, kind))
     control_api.add_routes(app, control_api.ControlApi(config, registry, totals))
+    setup_recordings(app, config)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     if config.metrics_addr is None:

@@ -382,6 +382,80 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+# --- Recording and upload (issue 6; live-webrtc-go's names) ----------------------------------
+
+
+def parse_s3_endpoint(raw: str) -> str:
+    """HOST[:PORT] as minio expects it; the scheme comes from S3_USE_SSL."""
+    text = raw.strip()
+    if not text:
+        return ""
+    if "://" in text:
+        raise ValueError("give HOST[:PORT] without a scheme (S3_USE_SSL chooses https or http)")
+    parts = urlsplit("//" + text)
+    if not parts.hostname or parts.path or parts.query or parts.fragment:
+        raise ValueError("expected HOST[:PORT], e.g. s3.amazonaws.com or 127.0.0.1:9000")
+    _ = parts.port  # raises ValueError for a bad port
+    return text
+
+
+def parse_path_style(raw: str) -> bool | None:
+    """'' = minio's choice (virtual-host for AWS, path style for other endpoints)."""
+    return None if not raw.strip() else parse_bool(raw)
+
+
+RECORDING_SETTINGS: tuple[Setting, ...] = (
+    Setting("record_enabled", "RECORD_ENABLED", "0", "record every publisher track", parse_bool),
+    Setting("record_dir", "RECORD_DIR", "records", "directory of the recordings"),
+    Setting(
+        "upload_recordings",
+        "UPLOAD_RECORDINGS",
+        "0",
+        "upload finished recordings from RECORD_DIR to S3 (needs the S3_* settings)",
+        parse_bool,
+    ),
+    Setting(
+        "delete_recording_after_upload",
+        "DELETE_RECORDING_AFTER_UPLOAD",
+        "0",
+        "delete the local file once the uploaded object has the same size",
+        parse_bool,
+    ),
+    Setting("s3_endpoint", "S3_ENDPOINT", "", "S3 endpoint HOST[:PORT]", parse_s3_endpoint),
+    Setting("s3_region", "S3_REGION", "", "S3 region (empty: asked from the endpoint)"),
+    Setting("s3_bucket", "S3_BUCKET", "", "bucket for recordings (must exist)"),
+    Setting("s3_access_key", "S3_ACCESS_KEY", "", "S3 access key", secret=True),
+    Setting("s3_secret_key", "S3_SECRET_KEY", "", "S3 secret key", secret=True),
+    Setting("s3_prefix", "S3_PREFIX", "", "object key prefix: PREFIX/NAME"),
+    Setting("s3_use_ssl", "S3_USE_SSL", "1", "HTTPS to the S3 endpoint (1/0)", parse_bool),
+    Setting(
+        "s3_path_style",
+        "S3_PATH_STYLE",
+        "",
+        "1 = path-style bucket URLs (MinIO), 0 = virtual-host; empty = by endpoint",
+        parse_path_style,
+    ),
+)
+SETTINGS += RECORDING_SETTINGS
+
+
+def _check_recording(config: GatewayConfig) -> None:
+    if not config.upload_recordings:
+        return
+    required = (
+        ("S3_ENDPOINT", config.s3_endpoint),
+        ("S3_BUCKET", config.s3_bucket),
+        ("S3_ACCESS_KEY", config.s3_access_key),
+        ("S3_SECRET_KEY", config.s3_secret_key),
+    )
+    missing = [name for name, value in required if not value]
+    if missing:
+        die(PROG, f"UPLOAD_RECORDINGS=1 needs {', '.join(missing)}")
+
+
+# --- end of recording and upload --------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     http_addr: HttpAddress
@@ -485,6 +559,7 @@ def _check_combinations(config: GatewayConfig) -> None:
         die(PROG, "TURN_SECRET is set but TURN_URLS is empty")
     if config.metrics_addr is not None and config.metrics_addr == config.http_addr:
         die(PROG, "METRICS_ADDR must differ from HTTP_ADDR (leave it empty to share)")
+    _check_recording(config)
 
 
 def load_config(

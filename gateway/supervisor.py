@@ -65,6 +65,9 @@ def worker_command(config: GatewayConfig, slot: Slot, connect: str) -> list[str]
         ("--public-ip", config.public_ip or ""),
         ("--session-connect-timeout", f"{config.session_connect_timeout:g}"),
         ("--instant-start", "true" if config.instant_start else "false"),
+        ("--record-enabled", "1" if config.record_enabled else "0"),
+        # Absolute: the gateway's uploader and its workers must see the same directory.
+        ("--record-dir", os.path.abspath(config.record_dir)),
         ("--log-level", config.log_level),
     ]
     command = [sys.executable, "-m", "sfu"]

@@ -71,6 +71,11 @@ class Heartbeat(_Msg, tag="heartbeat"):
     bytes_in: int = 0
     ipc_round_trip_s: float = 0.0  # of the previous heartbeat request
     room_stats: list[RoomStats] = msgspec.field(default_factory=list)
+    # Recording (issue 6): recordings being written now; since the worker started, bytes
+    # written to recording files and recordings stopped by a write error.
+    recordings_active: int = 0
+    recording_bytes: int = 0
+    recording_write_errors: int = 0
 
 
 class HeartbeatAck(_Msg, tag="heartbeat_ack"):

@@ -30,6 +30,7 @@ from ipc.settings import (
 )
 from sfu import aiortc_adapter as adapter
 from sfu.forward import InstantStart
+from sfu.recorder import RecordingSettings
 from sfu.session import SessionSettings
 from sfu.worker import Worker, WorkerConfig
 
@@ -80,6 +81,14 @@ SETTINGS = [
         "pictures is not replayed)",
         parse_int_range(1024, 1 << 30),
     ),
+    Setting(
+        "record_enabled",
+        "RECORD_ENABLED",
+        "0",
+        "record every publisher track to RECORD_DIR (1/0)",
+        parse_bool,
+    ),
+    Setting("record_dir", "RECORD_DIR", "records", "directory of the recordings"),
     Setting(
         "transport_cc",
         "TRANSPORT_CC",
@@ -152,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         instant_start=InstantStart(
             enabled=options.instant_start, max_bytes=options.instant_start_max_bytes
         ),
+        recording=RecordingSettings(enabled=options.record_enabled, directory=options.record_dir),
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         loop = runner.get_loop()

@@ -20,6 +20,7 @@ from ipc import messages as m
 from ipc.channel import Channel, IpcError, RemoteFailure, dealer_channel
 from sfu import __version__
 from sfu.forward import ForwardingStats, InstantStart
+from sfu.recorder import Recorder, RecordingSettings, publisher_track_ids
 from sfu.room import Room
 from sfu.roomstats import add_into, room_stats, worker_totals
 from sfu.sdp import ice_credentials
@@ -46,6 +47,7 @@ class WorkerConfig:
     gateway_timeout: float
     session: SessionSettings
     instant_start: InstantStart = InstantStart()
+    recording: RecordingSettings = RecordingSettings()
 
 
 class Worker:
@@ -61,11 +63,13 @@ class Worker:
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.exit_reason = ""
+        self.recorder = Recorder(config.recording, config.worker_id)
 
     # --- main loop --------------------------------------------------------------------------
 
     async def run(self) -> int:
         self.channel.start()
+        self.recorder.start()
         try:
             interval = await self._register()
             if interval is None:
@@ -73,6 +77,7 @@ class Worker:
             await self._heartbeat_loop(interval)
         finally:
             await self._close_all("worker stopping")
+            await self.recorder.close()
             await self.channel.close()
         return 0
 
@@ -150,6 +155,9 @@ class Worker:
                 ipc_round_trip_s=round_trip,
                 room_stats=[self._room_stats(room) for room in self.rooms.values()]
                 + closed_rooms,
+                recordings_active=self.recorder.stats.active,
+                recording_bytes=self.recorder.stats.bytes_written,
+                recording_write_errors=self.recorder.stats.write_errors,
             )
             cpu_before, wall_before = time.process_time(), now
             packets_before = totals.packets_out
@@ -266,6 +274,9 @@ class Worker:
     # --- session events -----------------------------------------------------------------------
 
     def _on_state(self, session: Session, state: str) -> None:
+        if state == "connected" and isinstance(session, PublisherSession):
+            track_ids = publisher_track_ids(session.pc.getTransceivers(), session.codecs)
+            self.recorder.publisher_connected(session.room, track_ids)
         self._notify(m.SessionState(session.id, session.room.name, state))
 
     def _on_closed(self, session: Session, reason: str) -> None:
@@ -277,6 +288,7 @@ class Worker:
         room = session.room
         if room.publisher_id == session.id:
             room.publisher_id = None
+            self.recorder.publisher_gone(room.name)
         room.subscriber_ids.discard(session.id)
         if room.empty and self.rooms.get(room.name) is room:
             room.close()
