@@ -65,6 +65,13 @@ def _send_path(sock: socket.socket, addr: tuple[str, int]):  # type: ignore[no-u
     return send
 
 
+def _start_with_keyframe(forwarder: TrackForwarder) -> None:
+    """A video track is forwarded from its first keyframe on (sfu.forward.InstantStart)."""
+    packet = RtpPacket(payload_type=96, sequence_number=65535, timestamp=0, ssrc=42)
+    packet.payload = b"\x10\x00" + PAYLOAD  # VP8: start of partition 0, key frame
+    forwarder.on_rtp(packet.serialize(), 42, False)
+
+
 def test_fanout_one_packet_to_50_viewers(benchmark, sinks) -> None:  # type: ignore[no-untyped-def]
     stats = ForwardingStats()
     forwarder = TrackForwarder("video", stats)
@@ -84,6 +91,7 @@ def test_fanout_one_packet_to_50_viewers(benchmark, sinks) -> None:  # type: ign
                 stats=stats,
             )
         )
+    _start_with_keyframe(forwarder)
     packet = RtpPacket(payload_type=96, sequence_number=0, timestamp=0, ssrc=42)
     packet.payload = PAYLOAD
     data = bytearray(packet.serialize())
@@ -151,9 +159,79 @@ def test_nack_lookup(benchmark) -> None:  # type: ignore[no-untyped-def]
         stats=stats,
     )
     forwarder.outputs.append(output)
+    _start_with_keyframe(forwarder)
     for seq in range(1024):
         packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=seq, ssrc=42)
         packet.payload = PAYLOAD
         forwarder.on_rtp(packet.serialize(), 42, False)
     lost = [(100 + output.seq_offset) & 0xFFFF]
     benchmark(forwarder.retransmit, output, lost)
+
+
+# --- added with the load generator (bench/load.py) ------------------------------------------
+
+
+def _vp8_packet(seq: int) -> bytes:
+    packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=seq // 10, ssrc=42)
+    packet.payload = b"\x00" + PAYLOAD  # VP8 continuation: not a keyframe
+    return packet.serialize()
+
+
+def test_cache_insert_without_viewers(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """Per inbound packet: header read, payload slice, NACK cache and keyframe-cache insert."""
+    forwarder = TrackForwarder("video", ForwardingStats())
+    forwarder.set_source(CodecKey("video/vp8", 90000, ""), lambda: None)
+    _start_with_keyframe(forwarder)
+    packets = [_vp8_packet(seq) for seq in range(4096)]
+    position = [0]
+
+    def one_packet() -> None:
+        position[0] = (position[0] + 1) & 4095
+        forwarder.on_rtp(packets[position[0]], 42, False)
+
+    benchmark(one_packet)
+    assert forwarder.cache[4095 & 1023] is not None
+
+
+@pytest.mark.parametrize("viewers", [10, 200])
+def test_fanout_one_packet_to_n_viewers(benchmark, viewers: int) -> None:  # type: ignore[no-untyped-def]
+    """One packet to N viewers through the real Output path (protect + sendto each)."""
+    receivers = []
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.setblocking(False)
+    stats = ForwardingStats()
+    forwarder = TrackForwarder("video", stats)
+    codec = CodecKey("video/vp8", 90000, "")
+    forwarder.set_source(codec, lambda: None)
+    try:
+        for index in range(viewers):
+            receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            receiver.bind(("127.0.0.1", 0))
+            receivers.append(receiver)
+            forwarder.outputs.append(
+                Output(
+                    send=_send_path(sender, receiver.getsockname()),
+                    report=SenderState(),
+                    codec=codec,
+                    ssrc=1000 + index,
+                    payload_type=96,
+                    rtx_ssrc=2000 + index,
+                    rtx_payload_type=97,
+                    header=header_template(4, "0"),
+                    stats=stats,
+                )
+            )
+        _start_with_keyframe(forwarder)
+        packets = [_vp8_packet(seq) for seq in range(1024)]
+        position = [0]
+
+        def one_packet() -> None:
+            position[0] = (position[0] + 1) & 1023
+            forwarder.on_rtp(packets[position[0]], 42, False)
+
+        benchmark(one_packet)
+        assert stats.packets_out >= viewers
+    finally:
+        sender.close()
+        for receiver in receivers:
+            receiver.close()
