@@ -72,25 +72,28 @@ def _start_with_keyframe(forwarder: TrackForwarder) -> None:
     forwarder.on_rtp(packet.serialize(), 42, False)
 
 
+def _viewer_output(send, index: int, stats: ForwardingStats) -> Output:  # type: ignore[no-untyped-def]
+    """Viewer number `index` of a fan-out: its own SSRCs, RTX negotiated, a MID header."""
+    return Output(
+        send=send,
+        report=SenderState(),
+        codec=CodecKey("video/vp8", 90000, ""),
+        ssrc=1000 + index,
+        payload_type=96,
+        rtx_ssrc=2000 + index,
+        rtx_payload_type=97,
+        header=header_template(4, "0"),
+        stats=stats,
+    )
+
+
 def test_fanout_one_packet_to_50_viewers(benchmark, sinks) -> None:  # type: ignore[no-untyped-def]
     stats = ForwardingStats()
     forwarder = TrackForwarder("video", stats)
     codec = CodecKey("video/vp8", 90000, "")
     forwarder.set_source(codec, lambda: None)
     for index, (sock, addr) in enumerate(sinks):
-        forwarder.outputs.append(
-            Output(
-                send=_send_path(sock, addr),
-                report=SenderState(),
-                codec=codec,
-                ssrc=1000 + index,
-                payload_type=96,
-                rtx_ssrc=2000 + index,
-                rtx_payload_type=97,
-                header=header_template(4, "0"),
-                stats=stats,
-            )
-        )
+        forwarder.outputs.append(_viewer_output(_send_path(sock, addr), index, stats))
     _start_with_keyframe(forwarder)
     packet = RtpPacket(payload_type=96, sequence_number=0, timestamp=0, ssrc=42)
     packet.payload = PAYLOAD
@@ -208,19 +211,8 @@ def test_fanout_one_packet_to_n_viewers(benchmark, viewers: int) -> None:  # typ
             receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             receiver.bind(("127.0.0.1", 0))
             receivers.append(receiver)
-            forwarder.outputs.append(
-                Output(
-                    send=_send_path(sender, receiver.getsockname()),
-                    report=SenderState(),
-                    codec=codec,
-                    ssrc=1000 + index,
-                    payload_type=96,
-                    rtx_ssrc=2000 + index,
-                    rtx_payload_type=97,
-                    header=header_template(4, "0"),
-                    stats=stats,
-                )
-            )
+            send = _send_path(sender, receiver.getsockname())
+            forwarder.outputs.append(_viewer_output(send, index, stats))
         _start_with_keyframe(forwarder)
         packets = [_vp8_packet(seq) for seq in range(1024)]
         position = [0]

@@ -164,14 +164,18 @@ class Authenticator:
         known, _admin = self._static_match(token)
         if known:
             raise forbidden(f"this token does not grant room {room!r}")
+        claims = self._jwt_claims(token)
+        if claims.room is not None and claims.room != room:
+            raise forbidden(f"this token is for another room, not {room!r}")
+
+    def _jwt_claims(self, token: str) -> Claims:
+        """The claims of a token that is none of the static ones: a JWT, or 401."""
         if not self._jwt_secret:
             raise unauthorized("invalid token", "invalid_token")
         try:
-            claims = self.verify_jwt(token)
+            return self.verify_jwt(token)
         except InvalidToken as exc:
             raise unauthorized(f"invalid token: {exc}", "invalid_token") from None
-        if claims.room is not None and claims.room != room:
-            raise forbidden(f"this token is for another room, not {room!r}")
 
     def authorize_admin(self, request: web.Request) -> None:
         if not self.admin_configured:
@@ -186,12 +190,7 @@ class Authenticator:
             return
         if known:
             raise forbidden("this token does not grant the admin API")
-        if not self._jwt_secret:
-            raise unauthorized("invalid token", "invalid_token")
-        try:
-            claims = self.verify_jwt(token)
-        except InvalidToken as exc:
-            raise unauthorized(f"invalid token: {exc}", "invalid_token") from None
+        claims = self._jwt_claims(token)
         if not claims.admin:
             raise forbidden("this token does not grant the admin API")
 
