@@ -37,6 +37,8 @@ def _check_candidate(value: str) -> None:
     tokens = value.split()
     if len(tokens) < 8 or not tokens[0].startswith("candidate:") or tokens[6] != "typ":
         raise ValueError(f"malformed candidate line: {value[:80]!r}")
+    if tokens[0] == "candidate:":  # an empty foundation
+        raise ValueError(f"malformed candidate line: {value[:80]!r}")
     if not tokens[1].isdigit() or not tokens[3].isdigit() or not tokens[5].isdigit():
         raise ValueError(f"malformed candidate line: {value[:80]!r}")
 

@@ -71,6 +71,9 @@ class Heartbeat(_Msg, tag="heartbeat"):
     bytes_in: int = 0
     ipc_round_trip_s: float = 0.0  # of the previous heartbeat request
     room_stats: list[RoomStats] = msgspec.field(default_factory=list)
+    # Sessions the worker can hold at once (its UDP port budget); 0 = no fixed limit.
+    session_capacity: int = 0
+    asyncio_tasks: int = 0
     # Recording (issue 6): recordings being written now; since the worker started, bytes
     # written to recording files and recordings stopped by a write error.
     recordings_active: int = 0

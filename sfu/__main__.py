@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import uvloop
 
+from ipc import logformat
 from ipc.settings import (
     Setting,
     die,
@@ -130,10 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         die(PROG, "--connect (SFU_CONNECT) is required, e.g. ipc:///run/sfu/gateway.sock")
     if not options.connect.startswith(("ipc://", "tcp://")):
         die(PROG, f"invalid value {options.connect!r} for SFU_CONNECT: expected ipc:// or tcp://")
-    name = options.worker_id or "worker"
-    logging.basicConfig(
-        level=options.log_level,
-        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s",
+    name = (options.worker_id or "worker").replace("%", "%%")
+    logformat.configure(
+        options.log_level, f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s"
     )
     # aioice logs every failed check at INFO; a media server only needs its warnings.
     logging.getLogger("aioice").setLevel(max(options.log_level, logging.WARNING))
@@ -146,6 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     addresses = options.bind_addresses or adapter.default_host_addresses()
     adapter.restrict_host_addresses(addresses)
     worker_id = options.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    session_capacity = None
+    if options.udp_ports is not None:
+        low, high = options.udp_ports
+        # One socket per host address and session (BUNDLE and rtcp-mux: one ICE component).
+        session_capacity = (high - low + 1) // len(addresses)
+        if session_capacity < 1:
+            die(PROG, f"UDP_PORTS={low}-{high} has fewer ports than the {len(addresses)} addresses")
     config = WorkerConfig(
         connect=options.connect,
         worker_id=worker_id,
@@ -162,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             enabled=options.instant_start, max_bytes=options.instant_start_max_bytes
         ),
         recording=RecordingSettings(enabled=options.record_enabled, directory=options.record_dir),
+        session_capacity=session_capacity,
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         loop = runner.get_loop()

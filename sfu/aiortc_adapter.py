@@ -25,6 +25,7 @@ import errno
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -105,6 +106,7 @@ class PortRange:
         self.low = low
         self.high = high
         self._next = low
+        self.exhausted_at = -1.0  # time.monotonic() of the last bind that found no port
 
     def bind(self, family: int, host: str) -> socket.socket:
         size = self.high - self.low + 1
@@ -121,7 +123,17 @@ class PortRange:
                 raise
             sock.setblocking(False)
             return sock
+        self.exhausted_at = time.monotonic()
         raise OSError(errno.EADDRINUSE, f"no free UDP port in {self.low}-{self.high}")
+
+
+_installed_ranges: list[PortRange] = []
+
+
+def udp_ports_exhausted_since(moment: float) -> bool:
+    """Whether a bind found the installed UDP port range full at or after `moment`
+    (time.monotonic()). aioice only logs such a failure and gathers no candidate."""
+    return any(ports.exhausted_at >= moment for ports in _installed_ranges)
 
 
 def install_port_range(loop: asyncio.AbstractEventLoop, ports: PortRange) -> None:
@@ -131,6 +143,7 @@ def install_port_range(loop: asyncio.AbstractEventLoop, ports: PortRange) -> Non
     an ephemeral port; we wrap that one call on the worker's loop instance.
     """
     original = loop.create_datagram_endpoint
+    _installed_ranges.append(ports)
 
     async def create_datagram_endpoint(
         protocol_factory: Callable[[], asyncio.DatagramProtocol],
@@ -333,6 +346,12 @@ def bundle_transport(pc: RTCPeerConnection) -> RTCDtlsTransport:
     if not transceivers:
         raise AdapterError("peer connection has no transceivers")
     return transceivers[0].receiver.transport
+
+
+def remote_candidate_count(pc: RTCPeerConnection) -> int:
+    """Remote candidates aioice accepted (signalled, or learned as peer-reflexive)."""
+    connection = bundle_transport(pc).transport._connection
+    return len(connection._remote_candidates)
 
 
 def hook_ingress(

@@ -16,7 +16,12 @@ from sfu.forward import CodecKey
 MAX_OFFER_MEDIA_SECTIONS = 16
 _MDNS_CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ \S+\.local \d+ ", re.IGNORECASE)
 _HOST_CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ udp \d+ )(\S+)( \d+ typ host.*)$", re.I)
-_PROFILE_LEVEL_ID = re.compile(r"^[0-9a-fA-F]{6}$")
+_PROFILE_LEVEL_ID = re.compile(r"^[0-9a-fA-F]{6}\Z")
+# RFC 8843 makes a MID a token; we also keep it within what a one-byte RTP header extension
+# can carry (16 bytes), which is where every viewer's packets repeat it.
+MAX_MID_LENGTH = 16
+_MID = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`{|}~]{1,16}\Z")
+_DIRECTION_LINES = ("a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive")
 _FMTP_PROFILE_LEVEL_ID = re.compile(r"^(a=fmtp:(\d+) .*profile-level-id=)([0-9a-fA-F]{6})(.*)$")
 # Codecs that only protect or repair another codec: not a choice a viewer or publisher makes.
 _REPAIR_CODECS = ("rtx", "red", "ulpfec", "flexfec-03")
@@ -37,18 +42,21 @@ _H264_PROFILE_NAMES = {"6e00": "high-10", "7a00": "high-422", "f400": "high-444"
 
 
 def strip_mdns_candidates(sdp: str) -> str:
-    """Remove `.local` candidates: resolving them costs aioice a one-second stall each, and
-    ICE still connects through the peer-reflexive candidate learned from the first check.
+    """Remove `.local` candidates and every `a=end-of-candidates`.
 
-    When any is removed, or the offer has none at all (OBS, ffmpeg), `a=end-of-candidates`
-    goes too: aioice fails a connection at once when the candidate list is complete but
-    empty, while peer-reflexive discovery needs it open (the session's connect deadline
-    still bounds it).
+    Resolving an mDNS candidate costs aioice a one-second stall each, and ICE still connects
+    through the peer-reflexive candidate learned from the first check. End-of-candidates
+    goes because aioice fails a connection at once when its candidate list is complete but
+    empty, which is what OBS and ffmpeg offers (no candidates at all) and offers without
+    usable ones amount to; and with BUNDLE every section feeds one transport, so a marker in
+    the first section would close the list before a later section's candidates. Trickle may
+    still end the list (Session.add_candidates); the connect deadline bounds the rest.
     """
-    lines = sdp.splitlines()
-    kept = [line for line in lines if not _MDNS_CANDIDATE.match(line)]
-    if len(kept) != len(lines) or not any(line.startswith("a=candidate:") for line in kept):
-        kept = [line for line in kept if line.strip() != "a=end-of-candidates"]
+    kept = [
+        line
+        for line in sdp.splitlines()
+        if not _MDNS_CANDIDATE.match(line) and line.strip() != "a=end-of-candidates"
+    ]
     return "\r\n".join(kept) + "\r\n"
 
 
@@ -66,7 +74,42 @@ def parse_offer(sdp: str) -> aiortc_sdp.SessionDescription:
         raise ValueError("the offer has no audio or video section")
     if len(description.media) > MAX_OFFER_MEDIA_SECTIONS:
         raise ValueError(f"the offer has more than {MAX_OFFER_MEDIA_SECTIONS} media sections")
+    check_structure(sdp)
     return description
+
+
+def check_structure(sdp: str) -> None:
+    """What aiortc assumes of an offer and fails on obscurely (or leaves a session half
+    built): exactly one well-formed, unique a=mid per section, at most one direction per
+    section, and a BUNDLE group that names only sections of the offer."""
+    session, sections = _split(sdp)
+    mids: list[str] = []
+    for number, section in enumerate(sections, start=1):
+        kind = section[0][2:].split(" ", 1)[0] or "?"
+        where = f"m-line {number} ({kind[:16]})"
+        values = [line[len("a=mid:") :].strip() for line in section if line.startswith("a=mid:")]
+        if not values:
+            raise ValueError(f"{where} has no a=mid: WHIP and WHEP offers must BUNDLE with MIDs")
+        if len(values) > 1:
+            raise ValueError(f"{where} has {len(values)} a=mid lines; one is allowed")
+        mid = values[0]
+        if not _MID.match(mid):
+            raise ValueError(
+                f"{where}: a=mid must be 1 to {MAX_MID_LENGTH} token characters, "
+                f"not {mid[:40]!r}"
+            )
+        if mid in mids:
+            raise ValueError(f"{where} repeats a=mid:{mid}")
+        mids.append(mid)
+        directions = [line for line in section if line.strip() in _DIRECTION_LINES]
+        if len(directions) > 1:
+            raise ValueError(f"{where} has {len(directions)} direction attributes; one is allowed")
+    groups = [line for line in session if line.startswith("a=group:BUNDLE")]
+    if len(groups) > 1:
+        raise ValueError("the offer has more than one BUNDLE group")
+    for name in groups[0].split()[1:] if groups else []:
+        if name not in mids:
+            raise ValueError(f"the BUNDLE group names mid {name[:40]!r}, which no section has")
 
 
 def check_transport(description: aiortc_sdp.SessionDescription, indexes: Collection[int]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -60,8 +61,15 @@ StateCallback = Callable[["Session", str], None]
 RTX_CAPABILITY = RTCRtpCodecCapability(mimeType="video/rtx", clockRate=90000)
 
 
+MAX_ERROR_DETAIL = 200
+
+
 class OfferError(ValueError):
     """The offer cannot be served; the message is for the HTTP client."""
+
+
+class CapacityError(RuntimeError):
+    """This worker cannot take the session now (no free UDP port); retrying later may work."""
 
 
 class SessionSettings:
@@ -131,18 +139,34 @@ class Session:
         self.stats.dropped += 1
 
     async def close(self, reason: str) -> None:
+        """Close and report through `on_closed` (once, whatever fails on the way)."""
+        if self.closed:
+            return
+        try:
+            await self.abort()
+        finally:
+            self._on_closed(self, reason)
+
+    async def abort(self) -> None:
+        """Close without reporting: for a session whose opening failed.
+
+        Nothing here may raise: aiortc can fail to close a half-built connection (after an
+        offer it could not answer), and the session must be released all the same.
+        """
         if self.closed:
             return
         self.closed = True
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        self.detach()
+        try:
+            self.detach()
+        except Exception:
+            log.warning("session %s: detaching failed", self.id[:8], exc_info=True)
         try:
             await self.pc.close()
         except Exception:  # a half-built connection may fail to close; it is gone either way
-            log.debug("closing peer connection of %s failed", self.id, exc_info=True)
-        self._on_closed(self, reason)
+            log.debug("closing peer connection of %s failed", self.id[:8], exc_info=True)
 
     def detach(self) -> None:
         """Subclasses unhook from the room's forwarders here."""
@@ -160,13 +184,28 @@ class Session:
         reduced = strip_mdns_candidates(reduce_offer(offer_sdp, keep))
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(reduced, "offer"))
+            answer = await self.pc.createAnswer()
         except (OperationError, InvalidAccessError, InvalidStateError, ValueError) as exc:
-            raise OfferError(f"cannot use this offer: {exc}") from None
-        answer = await self.pc.createAnswer()
+            raise OfferError(f"cannot use this offer: {_detail(exc)}") from None
+        except (AttributeError, KeyError, IndexError, TypeError, AssertionError) as exc:
+            # aiortc's negotiation has only the offer as input, and these are how it fails
+            # on offers it did not expect; check_structure refuses the known ones earlier.
+            log.info("session %s: aiortc cannot answer the offer: %r", self.id[:8], exc)
+            raise OfferError(f"cannot answer this offer: {_detail(exc)}") from None
+        gathering = time.monotonic()
         await self.pc.setLocalDescription(answer)
         local = self.pc.localDescription
+        if "\na=candidate:" not in local.sdp:
+            # aioice skips an address whose bind fails: an answer without a candidate could
+            # never connect, so it is not sent.
+            if adapter.udp_ports_exhausted_since(gathering):
+                raise CapacityError("no free UDP port for a new session")
+            raise RuntimeError("ICE gathered no local candidate")
         self._mids = [t.mid for t in self.pc.getTransceivers() if t.mid is not None]
-        full = echo_h264_levels(restore_rejected(local.sdp, offer_sdp, keep), description)
+        try:
+            full = echo_h264_levels(restore_rejected(local.sdp, offer_sdp, keep), description)
+        except ValueError as exc:
+            raise OfferError(f"cannot answer this offer: {exc}") from None
         return announce_public_ip(full, self.settings.public_ip)
 
     async def add_candidates(self, candidates: list[str], mid: str | None, end: bool) -> None:
@@ -175,14 +214,26 @@ class Session:
             text = value[len("candidate:") :] if value.startswith("candidate:") else value
             try:
                 candidate = candidate_from_sdp(text)
-            except (ValueError, IndexError) as exc:
-                raise OfferError(f"malformed candidate {value!r}: {exc}") from None
+            # aiortc's parser asserts on a short line (an empty foundation, for one).
+            except (ValueError, IndexError, AssertionError) as exc:
+                raise OfferError(f"malformed candidate {value[:100]!r}: {_detail(exc)}") from None
             if candidate.ip.lower().endswith(".local"):
                 continue  # mDNS: see strip_mdns_candidates
+            usable = candidate.component == 1 and candidate.protocol.lower() == "udp"
+            if not usable or not candidate.port:
+                continue  # nothing aioice could pair: one component (rtcp-mux), UDP only
             candidate.sdpMid = sdp_mid
-            await self.pc.addIceCandidate(candidate)
-        if end:
-            await self.pc.addIceCandidate(None)  # aiortc's end-of-candidates
+            try:
+                await self.pc.addIceCandidate(candidate)
+            except ValueError as exc:  # aioice: a candidate after end-of-candidates
+                raise OfferError(f"candidate {value[:100]!r} refused: {_detail(exc)}") from None
+        if end and adapter.remote_candidate_count(self.pc) > 0:
+            # aiortc's end-of-candidates. Never on an empty list: aioice would fail the
+            # connection at once, where a peer-reflexive candidate may still come.
+            try:
+                await self.pc.addIceCandidate(None)
+            except ValueError:
+                pass  # a second end-of-candidates changes nothing
 
 
 class PublisherSession(Session):
@@ -477,6 +528,11 @@ class SubscriberSession(Session):
             forwarder.detach(output)
         self.outputs.clear()
         self._pending.clear()
+
+
+def _detail(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= MAX_ERROR_DETAIL else text[:MAX_ERROR_DETAIL] + "…"
 
 
 def _not_connected(packet: bytes) -> None:

@@ -25,6 +25,7 @@ from sfu.room import Room
 from sfu.roomstats import add_into, room_stats, worker_totals
 from sfu.sdp import ice_credentials
 from sfu.session import (
+    CapacityError,
     OfferError,
     PublisherSession,
     Session,
@@ -48,6 +49,9 @@ class WorkerConfig:
     session: SessionSettings
     instant_start: InstantStart = InstantStart()
     recording: RecordingSettings = RecordingSettings()
+    # Sessions this worker can hold at once: each binds one UDP port per host address, so a
+    # UDP_PORTS range allows (ports // addresses) of them. None: the OS picks ports.
+    session_capacity: int | None = None
 
 
 class Worker:
@@ -155,6 +159,8 @@ class Worker:
                 ipc_round_trip_s=round_trip,
                 room_stats=[self._room_stats(room) for room in self.rooms.values()]
                 + closed_rooms,
+                session_capacity=self.config.session_capacity or 0,
+                asyncio_tasks=len(asyncio.all_tasks()),
                 recordings_active=self.recorder.stats.active,
                 recording_bytes=self.recorder.stats.bytes_written,
                 recording_write_errors=self.recorder.stats.write_errors,
@@ -233,6 +239,11 @@ class Worker:
     ) -> m.Message:
         if session_id in self.sessions:
             return m.Failure("internal", "session id already in use")
+        capacity = self.config.session_capacity
+        if capacity is not None and len(self.sessions) >= capacity:
+            return m.Failure(
+                "overloaded", f"all UDP ports of this worker are in use ({capacity} sessions)"
+            )
         room = self.rooms.get(room_name)
         if session_type is PublisherSession:
             if room is not None and room.publisher_id is not None:
@@ -253,23 +264,22 @@ class Worker:
             room.subscriber_ids.add(session_id)
         try:
             answer = await session.open(offer)
-        except OfferError as exc:
+            ufrag, pwd = ice_credentials(session.pc.localDescription.sdp)
+        except BaseException as exc:
             await self._discard(session)
-            return m.Failure("bad_offer", str(exc))
-        except Exception as exc:
-            log.exception("opening %s session failed", session.kind)
-            await self._discard(session)
-            return m.Failure("internal", f"{type(exc).__name__}: {exc}")
-        local = session.pc.localDescription
-        ufrag, pwd = ice_credentials(local.sdp)
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the session is released all the same
+            return _open_failure(session, exc)
         return m.SessionAnswer(answer=answer, ice_ufrag=ufrag, ice_pwd=pwd)
 
     async def _discard(self, session: Session) -> None:
-        """A session that never got answered: close it without telling the gateway."""
-        session.closed = True
-        session.detach()
-        await session.pc.close()
+        """A session that never got answered: release it without telling the gateway.
+
+        It leaves the room first, so that nothing aiortc raises while closing can keep a
+        half-open publisher in the room (which would refuse every later one with 409).
+        """
         self._forget(session)
+        await session.abort()
 
     # --- session events -----------------------------------------------------------------------
 
@@ -312,6 +322,20 @@ class Worker:
     async def _close_all(self, reason: str) -> None:
         sessions = list(self.sessions.values())
         await asyncio.gather(*(s.close(reason) for s in sessions), return_exceptions=True)
+
+
+def _open_failure(session: Session, exc: Exception) -> m.Failure:
+    """The one mapping from a failed open to the answer: 400 for what the client sent, 503 only
+    for capacity and for our own faults (those alone get a traceback in the log)."""
+    where = f"{session.kind} {session.id[:8]} in room {session.room.name}"
+    if isinstance(exc, OfferError):
+        log.info("%s: offer refused: %s", where, exc)
+        return m.Failure("bad_offer", str(exc))
+    if isinstance(exc, CapacityError):
+        log.warning("%s: %s", where, exc)
+        return m.Failure("overloaded", str(exc))
+    log.exception("%s: opening failed", where)
+    return m.Failure("internal", f"{type(exc).__name__}: {exc}")
 
 
 def _rss_bytes() -> int:
