@@ -9,10 +9,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
+import socket
 import ssl
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,9 +26,11 @@ from aiohttp import web
 from gateway.app import API_KEY, RedactingAccessLogger, make_app, make_metrics_app
 from gateway.config import PROG, GatewayConfig, load_config
 from gateway.directory import Directory
+from gateway.httpserver import install_json_errors, install_log_filter
 from gateway.metrics import REGISTRY_KEY
 from gateway.registry import Registry
 from gateway.supervisor import Supervisor
+from ipc import logformat
 from ipc.channel import IpcError, router_channel
 from ipc.settings import die
 
@@ -33,15 +38,18 @@ log = logging.getLogger("gateway")
 
 HTTP_SHUTDOWN_TIMEOUT_S = 5.0
 CLOSE_SESSIONS_TIMEOUT_S = 5.0
+# Requests in flight when a stop begins run to their answer for at most this long.
+MAX_DRAIN_S = 15.0
+IPC_DIR_PREFIX = "sfu-gw-"
+_OWN_IPC_DIR = re.compile(rf"^{IPC_DIR_PREFIX}(\d+)-")
+LEGACY_IPC_DIR_MIN_AGE_S = 60.0
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 1
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logformat.configure(level)
+    install_log_filter()
 
 
 def build_ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
@@ -74,12 +82,69 @@ class StopSignals:
             loop.add_signal_handler(signum, self.on_signal, signum)
 
 
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def _socket_is_dead(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return True
+        except OSError:
+            return False
+    return False
+
+
+def remove_stale_ipc_dirs(parent: str) -> list[str]:
+    """Remove the private IPC directories that SIGKILLed gateways left in `parent`.
+
+    A directory is stale when the gateway whose pid its name carries is gone; one from an
+    older release (no pid in its name) when nobody listens on its socket and it is over a
+    minute old. Only our own user's directories are touched.
+    """
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(IPC_DIR_PREFIX):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not entry.is_dir(follow_symlinks=False) or info.st_uid != os.getuid():
+            continue
+        match = _OWN_IPC_DIR.match(entry.name)
+        if match is not None:
+            stale = not _process_exists(int(match.group(1)))
+        else:
+            old = time.time() - info.st_mtime > LEGACY_IPC_DIR_MIN_AGE_S
+            stale = old and _socket_is_dead(os.path.join(entry.path, "gateway.sock"))
+        if stale:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    return removed
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig, ssl_context: ssl.SSLContext | None) -> None:
         self.config = config
         self.ssl_context = ssl_context
         self._own_ipc_dir = not config.ipc_dir
-        self.ipc_dir = config.ipc_dir or tempfile.mkdtemp(prefix="sfu-gw-")
+        if self._own_ipc_dir:
+            for path in remove_stale_ipc_dirs(tempfile.gettempdir()):
+                log.info("removed %s, left behind by a gateway that is gone", path)
+        self.ipc_dir = config.ipc_dir or tempfile.mkdtemp(prefix=f"{IPC_DIR_PREFIX}{os.getpid()}-")
         self.ipc_endpoint = f"ipc://{self.ipc_dir}/gateway.sock"
         self.registry: Registry | None = None
         self.supervisor: Supervisor | None = None
@@ -105,6 +170,7 @@ class Gateway:
             app, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S, access_log_class=RedactingAccessLogger
         )
         await self.runner.setup()
+        install_json_errors(self.runner)
         address = self.config.http_addr
         site = web.TCPSite(self.runner, address.host, address.port, ssl_context=self.ssl_context)
         await site.start()
@@ -114,6 +180,7 @@ class Gateway:
                 make_metrics_app(app[REGISTRY_KEY]), access_log=None
             )
             await self.metrics_runner.setup()
+            install_json_errors(self.metrics_runner)
             await web.TCPSite(self.metrics_runner, metrics_addr.host, metrics_addr.port).start()
             log.info("metrics on %s/metrics", metrics_addr.url("http"))
         self.supervisor.start()
@@ -144,7 +211,13 @@ class Gateway:
 
     async def stop(self, graceful: bool) -> None:
         if self.runner is not None and graceful:
-            self.runner.app[API_KEY].start_draining()
+            api = self.runner.app[API_KEY]
+            api.start_draining()
+            for site in list(self.runner.sites):
+                await site.stop()  # no new connections; requests on open ones get 503
+            drain_s = min(self.config.ipc_timeout + 3.0, MAX_DRAIN_S)
+            if not await api.drain.wait_idle(drain_s):
+                log.warning("%d requests still running after %g s", api.drain.in_flight, drain_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._close_all_rooms(), CLOSE_SESSIONS_TIMEOUT_S)
         if self.registry is not None:

@@ -188,11 +188,11 @@ def add_routes(app: web.Application, api: ControlApi) -> None:
     app.router.add_get("/api/bootstrap", api.bootstrap, allow_head=False)
     app.router.add_get("/api/admin/workers", api.workers, allow_head=False)
     # {room:.*} so that an invalid name still reaches the handler (400, as in live-webrtc-go).
-    app.router.add_post("/api/admin/rooms/{room:.*}/close", api.close_room)
+    app.router.add_post("/api/admin/rooms/{room:[\\s\\S]*}/close", api.close_room)
     for path in (
         "/api/rooms",
         "/api/bootstrap",
         "/api/admin/workers",
-        "/api/admin/rooms/{room:.*}/close",
+        "/api/admin/rooms/{room:[\\s\\S]*}/close",
     ):
         app.router.add_route("OPTIONS", path, options)

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import HttpVersion10, web
 from aiohttp.abc import AbstractAccessLogger
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
@@ -23,8 +23,16 @@ from gateway import api as control_api
 from gateway.auth import AUTH_KEY, Authenticator, require_room
 from gateway.config import ROOM_NAME_PATTERN, GatewayConfig
 from gateway.directory import SessionEntry, SessionKind
-from gateway.errors import Handler, HttpError, error_middleware, json_error, unavailable
+from gateway.errors import (
+    RETRY_AFTER_SECONDS,
+    Handler,
+    HttpError,
+    error_middleware,
+    json_error,
+    unavailable,
+)
 from gateway.metrics import COUNTERS_KEY, REGISTRY_KEY, metrics_handler, setup_metrics
+from gateway.openapi import openapi_handler
 from gateway.ratelimit import TokenBuckets, rate_limit_middleware, request_client_key
 from gateway.recordings import setup_recordings
 from gateway.registry import Registry
@@ -37,6 +45,8 @@ ROOM_NAME = ROOM_NAME_PATTERN
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
 BODY_READ_TIMEOUT_S = 15.0  # a slow client must not hold a handler forever
+# Once the gateway stops, a body still on its way gets this long before the 503.
+DRAIN_BODY_GRACE_S = 2.0
 READ_CHUNK = 64 * 1024
 WEB_DIR = Path(__file__).resolve().parent / "web"
 
@@ -153,19 +163,96 @@ def _check_content_type(request: web.Request, expected: str) -> None:
         raise HttpError(415, "unsupported_media_type", f"Content-Type must be {expected}")
 
 
+class Drain:
+    """The requests in flight, so that a stopping gateway answers every request it started.
+
+    A body still being received when the stop begins gets DRAIN_BODY_GRACE_S more, then a
+    503; everything else runs to its answer (a worker's included, bounded by IPC_TIMEOUT).
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._body_reads: set[asyncio.Timeout] = set()
+
+    def start(self) -> None:
+        self.draining = True
+        for timeout in self._body_reads:
+            self._shorten(timeout)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True once no request is in flight; False if `timeout` passed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _shorten(self, timeout: asyncio.Timeout) -> None:
+        deadline = asyncio.get_running_loop().time() + DRAIN_BODY_GRACE_S
+        when = timeout.when()
+        timeout.reschedule(deadline if when is None else min(when, deadline))
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    def watch_body(self, timeout: asyncio.Timeout) -> None:
+        self._body_reads.add(timeout)
+        if self.draining:
+            self._shorten(timeout)
+
+    def unwatch_body(self, timeout: asyncio.Timeout) -> None:
+        self._body_reads.discard(timeout)
+
+
+DRAIN_KEY = web.AppKey("drain", Drain)
+
+
+@web.middleware
+async def drain_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.version < HttpVersion10:
+        # aiohttp would answer an HTTP/0.9 request line; nothing of ours speaks it.
+        return json_error(505, "http_version_not_supported", "HTTP/1.0 or HTTP/1.1 required")
+    drain = request.app[DRAIN_KEY]
+    drain.enter()
+    try:
+        return await handler(request)
+    finally:
+        drain.leave()
+
+
 async def read_bounded_body(request: web.Request, limit: int) -> str:
-    """The body as text; 413 past `limit` (announced or actual), 408 if it is too slow."""
+    """The body as text; 413 past `limit` (announced or actual), 408 if it is too slow, 503
+    if it is still arriving when the gateway stops."""
     too_large = HttpError(413, "body_too_large", f"request body too large (limit {limit} bytes)")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
+    drain = request.app.get(DRAIN_KEY)
     body = bytearray()
     try:
-        async with asyncio.timeout(BODY_READ_TIMEOUT_S):
-            async for chunk in request.content.iter_chunked(READ_CHUNK):
-                body += chunk
-                if len(body) > limit:
-                    raise too_large
+        async with asyncio.timeout(BODY_READ_TIMEOUT_S) as timeout:
+            if drain is not None:
+                drain.watch_body(timeout)
+            try:
+                async for chunk in request.content.iter_chunked(READ_CHUNK):
+                    body += chunk
+                    if len(body) > limit:
+                        raise too_large
+            finally:
+                if drain is not None:
+                    drain.unwatch_body(timeout)
     except TimeoutError:
+        if drain is not None and drain.draining:
+            raise unavailable("shutting_down", "the gateway is shutting down") from None
         raise HttpError(408, "body_timeout", "request body not received in time") from None
     try:
         return body.decode("utf-8")
@@ -174,16 +261,20 @@ async def read_bounded_body(request: web.Request, limit: int) -> str:
 
 
 class Api:
-    def __init__(self, config: GatewayConfig, registry: Registry) -> None:
+    def __init__(self, config: GatewayConfig, registry: Registry, drain: Drain) -> None:
         self.config = config
         self.registry = registry
         self.directory = registry.directory
-        self.draining = False
+        self.drain = drain
         self._background: set[asyncio.Task[None]] = set()
 
+    @property
+    def draining(self) -> bool:
+        return self.drain.draining
+
     def start_draining(self) -> None:
-        """Graceful shutdown: refuse new sessions, keep serving the existing ones."""
-        self.draining = True
+        """Graceful shutdown: refuse new sessions, answer every request already started."""
+        self.drain.start()
 
     # --- endpoints (POST creates a session) ----------------------------------------------
 
@@ -259,23 +350,25 @@ class Api:
         )
 
     def _check_caps(self, request: web.Request, room: str, client: str) -> None:
-        """MAX_PENDING_SESSIONS, MAX_SESSIONS_PER_WORKER, MAX_SESSIONS_PER_IP, before reserving.
-
-        Counted by walking the sessions, and only for the caps that are set.
-        """
+        """MAX_SESSIONS_PER_IP, MAX_PENDING_SESSIONS_PER_IP, MAX_PENDING_SESSIONS and
+        MAX_SESSIONS_PER_WORKER, before reserving. Counted by walking the sessions, and only
+        for the caps that are set."""
         config = self.config
         if not (
             config.max_pending_sessions
+            or config.max_pending_sessions_per_ip
             or config.max_sessions_per_worker
             or config.max_sessions_per_ip
         ):
             return
         worker_id = self.directory.worker_for_room(room)
-        pending = on_worker = from_client = 0
+        pending = on_worker = from_client = pending_from_client = 0
         for session in self.directory.sessions.values():
             pending += not session.connected
             on_worker += session.worker_id == worker_id
-            from_client += session.client == client
+            if session.client == client:
+                from_client += 1
+                pending_from_client += not session.connected
         refusal: HttpError | None = None
         if config.max_sessions_per_ip and from_client >= config.max_sessions_per_ip:
             refusal = HttpError(
@@ -283,6 +376,19 @@ class Api:
                 "too_many_sessions_from_client",
                 f"this address already has {from_client} sessions "
                 f"(MAX_SESSIONS_PER_IP={config.max_sessions_per_ip}); close one first",
+            )
+        elif (
+            config.max_pending_sessions_per_ip
+            and pending_from_client >= config.max_pending_sessions_per_ip
+        ):
+            # One address must not fill MAX_PENDING_SESSIONS and shut everyone else out.
+            refusal = HttpError(
+                429,
+                "too_many_pending_sessions_from_client",
+                f"this address already has {pending_from_client} sessions still connecting "
+                f"(MAX_PENDING_SESSIONS_PER_IP={config.max_pending_sessions_per_ip}); "
+                "let them connect or close them first",
+                {"Retry-After": RETRY_AFTER_SECONDS},
             )
         elif config.max_pending_sessions and pending >= config.max_pending_sessions:
             refusal = unavailable(
@@ -395,13 +501,32 @@ async def _web_index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(WEB_DIR / "index.html")
 
 
+async def _web_file(request: web.Request) -> web.StreamResponse:
+    """A file of the UI, or our JSON 404 (aiohttp's static route answers an empty one)."""
+    name = request.match_info["name"]
+    path = WEB_DIR / name
+    try:
+        # No symlinks and nothing outside WEB_DIR, however the name is spelled.
+        found = (
+            "\x00" not in name
+            and not path.is_symlink()
+            and path.resolve().is_relative_to(WEB_DIR)
+            and path.is_file()
+        )
+    except (OSError, ValueError):  # a name too long for the file system, and the like
+        found = False
+    if not found:
+        raise HttpError(404, "not_found", "no such file")
+    return web.FileResponse(path)
+
+
 def _add_static_ui(app: web.Application) -> None:
     if not WEB_DIR.is_dir():
         return
     app.router.add_get("/web", _redirect_to_web)
     if (WEB_DIR / "index.html").is_file():
         app.router.add_get("/web/", _web_index)
-    app.router.add_static("/web/", WEB_DIR, follow_symlinks=False)
+    app.router.add_get("/web/{name:.+}", _web_file)
 
 
 _SESSION_PATH = re.compile(r"^(/api/wh[ie]p/session/)([^/]{8})[^/]+")
@@ -443,9 +568,10 @@ def make_metrics_app(registry: CollectorRegistry) -> web.Application:
 def make_app(config: GatewayConfig, registry: Registry) -> web.Application:
     # client_max_size bounds aiohttp's own readers; ours enforce max_body_bytes themselves.
     app = web.Application(
-        middlewares=[cors_middleware, error_middleware],
+        middlewares=[drain_middleware, cors_middleware, error_middleware],
         client_max_size=config.max_body_bytes,
     )
+    drain = app[DRAIN_KEY] = Drain()
     # The metrics registry exists before any route, so every setup below can add collectors.
     totals = setup_metrics(app, registry.directory)
     registry.on_heartbeat = totals.observe
@@ -457,16 +583,17 @@ def make_app(config: GatewayConfig, registry: Registry) -> web.Application:
         )
     app[ORIGINS_KEY] = frozenset(config.allowed_origin)
     app[AUTH_KEY] = Authenticator(config)
-    api = Api(config, registry)
+    api = Api(config, registry, drain)
     app[API_KEY] = api
     for kind, (endpoint_prefix, session_prefix) in PREFIXES.items():
         endpoint_handler = partial(api.endpoint, kind)
         # The bare prefix and an empty room reach the handler too, for a 400 "invalid room".
         app.router.add_route("*", endpoint_prefix.rstrip("/"), endpoint_handler)
-        app.router.add_route("*", endpoint_prefix + "{room:.*}", endpoint_handler)
+        app.router.add_route("*", endpoint_prefix + "{room:[\\s\\S]*}", endpoint_handler)
         app.router.add_route("*", session_prefix + "{session_id}", partial(api.session, kind))
     control_api.add_routes(app, control_api.ControlApi(config, registry, totals))
     setup_recordings(app, config)
+    app.router.add_get("/api/openapi.json", openapi_handler)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     if config.metrics_addr is None:

@@ -40,10 +40,12 @@ log = logging.getLogger(__name__)
 JWT_LEEWAY_S = 30  # live-webrtc-go's leeway for exp/nbf/iat
 MIN_HMAC_KEY_BYTES = 32
 REALM = "live-sfu"
+NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
 
 
 def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+    # aiohttp keeps a header's undecodable bytes as surrogates; they must not raise here.
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 def _same(digest: bytes, expected: bytes | None) -> bool:
@@ -112,6 +114,8 @@ class Authenticator:
     def verify_jwt(self, token: str) -> Claims:
         if not self._jwt_secret:
             raise InvalidToken("JWTs are not enabled")
+        if not token.isascii():  # a JWT is base64url; PyJWT raises UnicodeError on the rest
+            raise InvalidToken("malformed")
         try:
             payload: dict[str, Any] = jwt.decode(
                 token,
@@ -123,6 +127,11 @@ class Authenticator:
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(_jwt_reason(exc)) from None
+        for claim in NUMERIC_DATE_CLAIMS:
+            value = payload.get(claim)
+            # PyJWT takes "1795999999" too; RFC 7519 §2 says a NumericDate is a JSON number.
+            if claim in payload and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise InvalidToken(f"the {claim} claim must be a number (NumericDate)")
         room = payload.get("room")
         if room is not None and not isinstance(room, str):
             raise InvalidToken("the room claim must be a string")

@@ -32,7 +32,7 @@ PROG = "sfu-gateway"
 DESCRIPTION = "WHIP/WHEP HTTP gateway of live-sfu; supervises the media workers."
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_BODY_LIMIT = 64 * 1024 * 1024
-ROOM_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # live-webrtc-go's room names
+ROOM_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # live-webrtc-go's room names
 # HMAC only: the server pins these, a token's own "alg" header never chooses the algorithm.
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
 # sockaddr_un.sun_path is 108 bytes on Linux; leave room for "/gateway.sock" and the NUL.
@@ -266,7 +266,16 @@ SETTINGS: tuple[Setting, ...] = (
         "worker_timeout",
         "WORKER_TIMEOUT",
         "1.5",
-        "seconds without a heartbeat after which a worker is declared dead",
+        "seconds without a heartbeat after which a worker is unresponsive: it gets no new "
+        "sessions and requests to it fail at once with 503, but its rooms are kept",
+        parse_positive_float,
+    ),
+    Setting(
+        "worker_dead_timeout",
+        "WORKER_DEAD_TIMEOUT",
+        "10",
+        "seconds without a heartbeat after which a worker is declared dead: its rooms are "
+        "dropped and a local one is stopped (SIGTERM, then SIGKILL) and replaced",
         parse_positive_float,
     ),
     Setting(
@@ -319,14 +328,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "rate_limit_rps",
         "RATE_LIMIT_RPS",
-        "0",
+        "20",
         "API requests per second per client IP (IPv6 per /64); 0 = no limit",
         parse_non_negative_float,
     ),
     Setting(
         "rate_limit_burst",
         "RATE_LIMIT_BURST",
-        "0",
+        "40",
         "bucket size of the rate limit; 0 = 1, as in live-webrtc-go",
         parse_int_range(0, 1_000_000),
     ),
@@ -349,6 +358,13 @@ SETTINGS: tuple[Setting, ...] = (
         "MAX_SESSIONS_PER_WORKER",
         "0",
         "sessions one media worker may hold; 0 = unlimited",
+        parse_int_range(0, 1_000_000),
+    ),
+    Setting(
+        "max_pending_sessions_per_ip",
+        "MAX_PENDING_SESSIONS_PER_IP",
+        "20",
+        "sessions not yet connected per client IP (IPv6 per /64); 0 = unlimited",
         parse_int_range(0, 1_000_000),
     ),
     Setting(
@@ -478,6 +494,7 @@ class GatewayConfig:
     worker_token: str
     heartbeat_interval: float
     worker_timeout: float
+    worker_dead_timeout: float
     ipc_timeout: float
     log_level: str
     allowed_origin: list[str]
@@ -492,6 +509,7 @@ class GatewayConfig:
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
     max_sessions_per_ip: int
     max_sessions_per_worker: int
+    max_pending_sessions_per_ip: int
     max_pending_sessions: int
     turn_secret: str
     turn_ttl: int
@@ -551,6 +569,8 @@ def _check_combinations(config: GatewayConfig) -> None:
             )
     if config.worker_timeout <= config.heartbeat_interval:
         die(PROG, "WORKER_TIMEOUT must be longer than HEARTBEAT_INTERVAL")
+    if config.worker_dead_timeout < config.worker_timeout:
+        die(PROG, "WORKER_DEAD_TIMEOUT must not be shorter than WORKER_TIMEOUT")
     if config.jwt_audience and not config.jwt_secret:
         die(PROG, "JWT_AUDIENCE is set but JWT_SECRET is not")
     if config.turn_secret and (config.turn_username or config.turn_password):

@@ -35,6 +35,10 @@ class NoLiveWorker(PlacementError):
     pass
 
 
+class WorkerFull(PlacementError):
+    """The room's worker has no UDP port left for another session."""
+
+
 @dataclass
 class WorkerInfo:
     worker_id: str
@@ -46,6 +50,11 @@ class WorkerInfo:
     reported_sessions: int = 0
     forwarded_packets_per_s: float = 0.0
     cpu: float = 0.0
+    # False while its heartbeats are late (WORKER_TIMEOUT): it keeps its rooms, but gets no
+    # new session and requests to it fail at once, until it heartbeats again or is dead.
+    responsive: bool = True
+    session_capacity: int = 0  # from its heartbeats: its UDP port budget; 0 = no limit
+    asyncio_tasks: int = 0
 
 
 @dataclass
@@ -101,14 +110,35 @@ class Directory:
         rooms = sum(1 for r in self.rooms.values() if r.worker_id == worker_id)
         return sessions + rooms
 
+    def has_room_for_session(self, worker: WorkerInfo) -> bool:
+        if not worker.session_capacity:
+            return True
+        held = sum(1 for s in self.sessions.values() if s.worker_id == worker.worker_id)
+        return held < worker.session_capacity
+
     def least_loaded_worker(self) -> str | None:
-        if not self.workers:
+        """The responsive worker with spare ports that carries the least; None if none."""
+        candidates = [
+            w for w in self.workers.values() if w.responsive and self.has_room_for_session(w)
+        ]
+        if not candidates:
             return None
         best = min(
-            self.workers.values(),
+            candidates,
             key=lambda w: (self.bookkept_load(w.worker_id), w.cpu, w.worker_id),
         )
         return best.worker_id
+
+    def _check_worker(self, worker_id: str) -> None:
+        """A session may go to `worker_id` now (it is alive, responsive and has a port)."""
+        worker = self.workers.get(worker_id)
+        if worker is None or not worker.responsive:
+            raise NoLiveWorker("the room's media worker is not available")
+        if not self.has_room_for_session(worker):
+            raise WorkerFull(
+                f"the room's media worker has no free UDP port "
+                f"({worker.session_capacity} sessions)"
+            )
 
     def worker_for_room(self, room: str) -> str | None:
         """Every session of a room goes to the room's worker; a new room to the least loaded.
@@ -131,7 +161,10 @@ class Directory:
             raise PublisherExists(f"room {room!r} already has a publisher")
         worker_id = self.worker_for_room(room)
         if worker_id is None:
+            if any(w.responsive for w in self.workers.values()):
+                raise WorkerFull("every media worker's UDP ports are in use")
             raise NoLiveWorker("no media worker is available")
+        self._check_worker(worker_id)
         if entry is None:
             entry = self.rooms[room] = RoomEntry(room, worker_id)
         entry.publisher = session_id
@@ -155,8 +188,7 @@ class Directory:
             raise SubscriberLimitReached(
                 f"room {room!r} reached its limit of {max_subscribers} subscribers"
             )
-        if entry.worker_id not in self.workers:
-            raise NoLiveWorker("the room's media worker is not available")
+        self._check_worker(entry.worker_id)
         entry.subscribers.add(session_id)
         return self._add_session(
             SessionEntry(session_id, room, "subscriber", entry.worker_id, etag, ice_ufrag, ice_pwd)

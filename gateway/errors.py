@@ -18,7 +18,9 @@ from gateway.directory import (
     PublisherExists,
     RoomNotFound,
     SubscriberLimitReached,
+    WorkerFull,
 )
+from gateway.registry import WorkerUnresponsive
 from ipc.channel import ChannelClosed, IpcError, PeerGone, RemoteFailure, RequestTimeout
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ _REMOTE_STATUS = {
 
 def from_remote_failure(exc: RemoteFailure) -> HttpError:
     status = _REMOTE_STATUS.get(exc.code, 503)
+    if exc.code == "overloaded":
+        return unavailable(exc.code, exc.message)
     if status == 503:
         # The worker's internal message is for the log, not for the client.
         log.warning("worker failure %s: %s", exc.code, exc.message)
@@ -82,6 +86,8 @@ def from_ipc_error(exc: IpcError) -> HttpError:
         return from_remote_failure(exc)
     if isinstance(exc, RequestTimeout):
         return unavailable("worker_timeout", "the media worker did not answer in time")
+    if isinstance(exc, WorkerUnresponsive):
+        return unavailable("worker_unresponsive", "the media worker is not responding; try again")
     if isinstance(exc, PeerGone):
         return unavailable("worker_gone", "the media worker is gone; try again")
     if isinstance(exc, ChannelClosed):
@@ -98,6 +104,8 @@ def from_placement_error(exc: PlacementError) -> HttpError:
         return HttpError(403, "subscriber_limit", "subscriber limit reached")
     if isinstance(exc, NoLiveWorker):
         return unavailable("no_worker", "no media worker is available; try again shortly")
+    if isinstance(exc, WorkerFull):
+        return unavailable("worker_full", str(exc))
     return unavailable("placement", str(exc))
 
 

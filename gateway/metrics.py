@@ -16,6 +16,7 @@ Other modules add their own metrics to the app's registry, `app[REGISTRY_KEY]`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -153,6 +154,11 @@ class LiveCollector(Collector):
         yield GaugeMetricFamily(
             "live_workers", "Media workers registered and alive", value=len(directory.workers)
         )
+        yield GaugeMetricFamily(
+            "live_gateway_asyncio_tasks",
+            "asyncio tasks alive in the gateway (a steady rise is a leak)",
+            value=len(asyncio.all_tasks()),
+        )
         subscribers = GaugeMetricFamily(
             "live_subscribers", "Viewers per room, pending ones included", labels=["room"]
         )
@@ -233,12 +239,30 @@ def _worker_gauges(directory: Directory, totals: TrafficTotals) -> Iterable[Metr
             lambda r: r.heartbeat.forwarded_packets_per_s,
         ),
         ("live_worker_uptime_seconds", "Since the worker registered", lambda r: now - r.started),
+        (
+            "live_worker_asyncio_tasks",
+            "asyncio tasks alive in the worker (a steady rise is a leak)",
+            lambda r: r.heartbeat.asyncio_tasks,
+        ),
+        (
+            "live_worker_session_capacity",
+            "Sessions the worker's UDP port range allows; 0 = no fixed limit",
+            lambda r: r.heartbeat.session_capacity,
+        ),
     )
     for name, documentation, value_of in described:
         family = GaugeMetricFamily(name, documentation, labels=["worker"])
         for worker_id, report in reports:
             family.add_metric([worker_id], value_of(report))
         yield family
+    responsive = GaugeMetricFamily(
+        "live_worker_responsive",
+        "1 while the worker heartbeats in time, 0 while it is unresponsive",
+        labels=["worker"],
+    )
+    for worker_id, worker in sorted(directory.workers.items()):
+        responsive.add_metric([worker_id], float(worker.responsive))
+    yield responsive
 
 
 class GatewayCounters:

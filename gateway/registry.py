@@ -61,6 +61,10 @@ class UnexpectedAnswer(IpcError):
     """The worker answered with a message type the request does not allow."""
 
 
+class WorkerUnresponsive(PeerGone):
+    """The worker's heartbeats are late: requests fail at once instead of waiting for it."""
+
+
 class Registry:
     def __init__(
         self,
@@ -81,6 +85,9 @@ class Registry:
         self.on_worker_lost: Callable[[str], None] = _ignore
         # Metrics (gateway/metrics.py) read every heartbeat's counters.
         self.on_heartbeat: Callable[[WorkerInfo, Heartbeat], None] = _ignore_heartbeat
+        # Sessions deleted while their worker was unresponsive: closed when it is back.
+        self._deferred_closes: dict[str, set[str]] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -98,7 +105,8 @@ class Registry:
         await self.channel.close()
 
     def live_worker_count(self) -> int:
-        return len(self.directory.workers)
+        """Workers that are registered and responsive."""
+        return sum(1 for worker in self.directory.workers.values() if worker.responsive)
 
     # --- worker -> gateway ----------------------------------------------------------------
 
@@ -162,6 +170,12 @@ class Registry:
         if worker is None:
             return Reregister()
         worker.last_heartbeat = self._clock()
+        if not worker.responsive:
+            worker.responsive = True
+            log.warning("worker %s is responsive again", worker.worker_id)
+            self._flush_deferred_closes(worker.worker_id)
+        worker.session_capacity = heartbeat.session_capacity
+        worker.asyncio_tasks = heartbeat.asyncio_tasks
         worker.reported_rooms = len(heartbeat.rooms)
         worker.reported_sessions = heartbeat.sessions
         worker.forwarded_packets_per_s = heartbeat.forwarded_packets_per_s
@@ -203,9 +217,25 @@ class Registry:
                 continue
             for worker in list(self.directory.workers.values()):
                 silence = now - worker.last_heartbeat
-                if silence > self.config.worker_timeout:
+                if silence > self.config.worker_dead_timeout:
                     self.declare_dead(worker.worker_id, f"no heartbeat for {silence:.1f} s")
+                elif silence > self.config.worker_timeout and worker.responsive:
+                    self._mark_unresponsive(worker, silence)
 
+    def _mark_unresponsive(self, worker: WorkerInfo, silence: float) -> None:
+        """Late heartbeats: a stall (a loaded host, a long GC) or the start of death. Its
+        rooms stay; new sessions go elsewhere and requests to it fail fast until it is back
+        or WORKER_DEAD_TIMEOUT passes."""
+        worker.responsive = False
+        log.warning(
+            "worker %s unresponsive: no heartbeat for %.1f s (dead after %g s)",
+            worker.worker_id,
+            silence,
+            self.config.worker_dead_timeout,
+        )
+        self.channel.fail_peer(
+            worker.worker_id.encode(), f"worker {worker.worker_id} is not responding"
+        )
     def declare_dead(self, worker_id: str, reason: str) -> None:
         if worker_id not in self.directory.workers:
             return
@@ -221,6 +251,7 @@ class Registry:
             self.declare_dead(worker_id, f"process {pid} exited")
 
     def _forget(self, worker_id: str, reason: str) -> None:
+        self._deferred_closes.pop(worker_id, None)
         dropped = self.directory.remove_worker(worker_id)
         self.channel.fail_peer(worker_id.encode(), f"worker {worker_id} is gone: {reason}")
         if dropped:
@@ -229,8 +260,11 @@ class Registry:
     # --- gateway -> worker ----------------------------------------------------------------
 
     async def _request(self, worker_id: str, body: Message) -> Message:
-        if worker_id not in self.directory.workers:
+        worker = self.directory.workers.get(worker_id)
+        if worker is None:
             raise PeerGone(f"worker {worker_id} is gone")
+        if not worker.responsive:
+            raise WorkerUnresponsive(f"worker {worker_id} is not responding")
         return await self.channel.request(
             body, peer=worker_id.encode(), timeout=self.config.ipc_timeout
         )
@@ -266,7 +300,27 @@ class Registry:
             _expect_done(answer)
 
     async def close_session(self, session: SessionEntry) -> None:
+        """Close it on its worker; on an unresponsive worker, as soon as that is back."""
+        worker = self.directory.workers.get(session.worker_id)
+        if worker is not None and not worker.responsive:
+            self._deferred_closes.setdefault(session.worker_id, set()).add(session.session_id)
+            return
         _expect_done(await self._request(session.worker_id, CloseSession(session.session_id)))
+
+    def _flush_deferred_closes(self, worker_id: str) -> None:
+        session_ids = self._deferred_closes.pop(worker_id, set())
+        for session_id in session_ids:
+            task = asyncio.get_running_loop().create_task(
+                self._close_deferred(worker_id, session_id)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _close_deferred(self, worker_id: str, session_id: str) -> None:
+        try:
+            await self._request(worker_id, CloseSession(session_id))
+        except IpcError as exc:  # unknown_session included: the worker's reaper was first
+            log.info("deferred close of %s on %s: %s", _short(session_id), worker_id, exc)
 
     async def close_room(self, worker_id: str, room: str) -> None:
         _expect_done(await self._request(worker_id, CloseRoom(room)))

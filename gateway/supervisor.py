@@ -30,6 +30,9 @@ MAX_BACKOFF_S = 30.0
 # so a worker that crashes right after registering cannot spin the CPU.
 MIN_RESPAWN_INTERVAL_S = 1.0
 STOP_GRACE_S = 5.0
+# A worker declared dead gets SIGTERM first (it may only have been slow, and can then close
+# its files and sockets), and SIGKILL if it is still there after this.
+KILL_GRACE_S = 2.0
 EXIT_BOOT_FAILURE = 3  # the worker's code for "retrying will not help soon"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,6 +90,13 @@ def _child_environment() -> dict[str, str]:
     return env
 
 
+def _kill_if_running(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        log.warning("pid %d outlived SIGTERM; killing it", process.pid)
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+
+
 class Supervisor:
     def __init__(
         self,
@@ -131,12 +141,21 @@ class Supervisor:
             slot.boot_failures = 0
 
     def kill_worker(self, worker_id: str) -> None:
-        """The registry declared this worker dead: make sure it is (a stopped one cannot exit)."""
+        """The registry declared this worker dead: make sure it is (SIGTERM, then SIGKILL,
+        which also ends a stopped one)."""
         slot = self._slot_of(worker_id)
-        if slot is not None and slot.process is not None and slot.process.returncode is None:
-            log.warning("killing %s (pid %d)", worker_id, slot.process.pid)
-            with contextlib.suppress(ProcessLookupError):
-                slot.process.kill()
+        if slot is None or slot.process is None or slot.process.returncode is not None:
+            return
+        process = slot.process
+        log.warning(
+            "stopping %s (pid %d): SIGTERM, then SIGKILL after %g s",
+            worker_id,
+            process.pid,
+            KILL_GRACE_S,
+        )
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        asyncio.get_running_loop().call_later(KILL_GRACE_S, _kill_if_running, process)
 
     # --- the slot loop --------------------------------------------------------------------
 

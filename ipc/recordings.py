@@ -24,7 +24,7 @@ SIDECAR_SUFFIX = ".json"
 # A recording's file name: {room}_{trackID}_{unixTimestamp}.{ext}. Rooms are [A-Za-z0-9_-]
 # already; track ids are reduced to the same alphabet before they get here.
 MEDIA_NAME = re.compile(
-    r"^[A-Za-z0-9_-]{1,64}_[A-Za-z0-9_-]{1,64}_[0-9]{1,12}(-[0-9]{1,3})?\.(ivf|ogg|mkv)$"
+    r"^[A-Za-z0-9_-]{1,64}_[A-Za-z0-9_-]{1,64}_[0-9]{1,12}(-[0-9]{1,3})?\.(ivf|ogg|mkv)\Z"
 )
 MEDIA_EXTENSIONS = ("ivf", "ogg", "mkv")
 CONTENT_TYPES = {"ivf": "video/x-ivf", "ogg": "audio/ogg", "mkv": "video/x-matroska"}

@@ -27,6 +27,10 @@ REPO = Path(__file__).resolve().parent.parent
 PEER_CLI = REPO / "tests" / "clients" / "peer.py"
 READY_TIMEOUT = 20.0
 STOP_GRACE = 10.0
+# Tests speak from one address (127.0.0.1) far faster than real clients do, so the per-address
+# defaults against floods are off unless a test sets them (tests/adversarial/
+# test_hardening_regressions.py checks those defaults on a gateway started without these).
+ONE_ADDRESS_DEFAULTS = {"RATE_LIMIT_RPS": "0", "MAX_PENDING_SESSIONS_PER_IP": "0"}
 
 
 def pick_free_port(host: str = "127.0.0.1") -> int:
@@ -116,7 +120,7 @@ def start_gateway(
         proc = subprocess.Popen(
             cmd,
             cwd=REPO,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **ONE_ADDRESS_DEFAULTS, **(env or {})},
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,

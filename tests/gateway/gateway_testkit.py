@@ -21,6 +21,7 @@ from types import ModuleType
 import aiohttp
 
 from gateway.config import SETTINGS
+from tests.conftest import ONE_ADDRESS_DEFAULTS
 
 REPO = Path(__file__).resolve().parents[2]
 PEER = REPO / "tests" / "clients" / "peer.py"
@@ -41,6 +42,7 @@ def free_port() -> int:
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _GATEWAY_ENV}
     env["PYTHONPATH"] = str(REPO)
+    env.update(ONE_ADDRESS_DEFAULTS)
     env.update(extra or {})
     return env
 

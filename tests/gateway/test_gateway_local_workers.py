@@ -38,9 +38,11 @@ def worker_pid(gateway: GatewayProcess, slot: int = 0) -> int:
 
 
 async def local_gateway(
-    start_gateway: Callable[..., GatewayProcess], http: aiohttp.ClientSession
+    start_gateway: Callable[..., GatewayProcess], http: aiohttp.ClientSession, *args: str
 ) -> GatewayProcess:
-    gateway = start_gateway("--workers", "1", "--bind-addresses", "127.0.0.1", "--stun-urls", "")
+    gateway = start_gateway(
+        "--workers", "1", "--bind-addresses", "127.0.0.1", "--stun-urls", "", *args
+    )
     await gateway.wait_healthy()
     await ready(http, gateway, within=20)
     return gateway
@@ -52,7 +54,8 @@ async def test_dead_local_worker_is_replaced(
     http: aiohttp.ClientSession,
     how: signal.Signals,
 ) -> None:
-    gateway = await local_gateway(start_gateway, http)
+    # A stopped worker is unresponsive after WORKER_TIMEOUT and dead after this.
+    gateway = await local_gateway(start_gateway, http, "--worker-dead-timeout", "1.5")
     first = worker_pid(gateway)
     url = gateway.url + "/api/whip/publish/r"
     async with http.post(url, data=OFFER, headers=SDP) as response:

@@ -336,14 +336,14 @@ async def remote_worker_gateway(
     return gateway, worker
 
 
-async def test_hung_worker_times_out_then_is_dropped_and_registers_again(
+async def test_stalled_worker_keeps_its_rooms_then_dies_after_the_dead_timeout(
     start_gateway: StartGateway,
     start_worker: StartWorker,
     http: aiohttp.ClientSession,
     clients: Callable[[GatewayProcess], Client],
 ) -> None:
     gateway, worker = await remote_worker_gateway(
-        start_gateway, start_worker, http, "--ipc-timeout", "0.5"
+        start_gateway, start_worker, http, "--ipc-timeout", "0.5", "--worker-dead-timeout", "5"
     )
     client = clients(gateway)
     held = await client.publish("held")
@@ -358,14 +358,34 @@ async def test_hung_worker_times_out_then_is_dropped_and_registers_again(
     assert hung.headers["Retry-After"] == "2"
     assert time.monotonic() - stopped < 1.4
 
-    # Then the silent worker is declared dead: its sessions answer 404 within 2 s.
-    await wait_status(
-        http, "GET", gateway.url + held.location, 404, 2.0 - (time.monotonic() - stopped)
-    )
+    # Late heartbeats make it unresponsive, not dead: its rooms and sessions stay, requests to
+    # it fail at once, and no new session is placed on it.
+    await wait_until(lambda: "unresponsive" in gateway.log(), 2.5, "the worker to be unresponsive")
+    async with http.get(gateway.url + held.location) as r:
+        assert r.status == 204
     async with http.get(gateway.url + "/readyz") as r:
         assert r.status == 503
-    # The timed-out room was released: no worker now (503), not "publisher exists" (409).
-    retry = await client.publish("hung")
+    asked = time.monotonic()
+    refused = await client.publish("other")
+    assert refused.status == 503 and refused.code() == "no_worker", refused.body
+    assert time.monotonic() - asked < 0.4  # at once, not after the IPC timeout
+
+    # A stall shorter than WORKER_DEAD_TIMEOUT costs nothing: the room is still there.
+    os.kill(worker.process.pid, signal.SIGCONT)
+    await wait_until(lambda: "responsive again" in gateway.log(), 3, "the worker to be back")
+    async with http.get(gateway.url + held.location) as r:
+        assert r.status == 204
+    assert "gateway forgot this worker" not in worker.output()
+    # The timed-out publisher was closed once the worker was back: the room is free again.
+    again = await client.publish("hung")
+    assert again.status == 201, again.body
+
+    # Silent past WORKER_DEAD_TIMEOUT, it is dead: its sessions answer 404.
+    os.kill(worker.process.pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    await wait_status(http, "GET", gateway.url + held.location, 404, 7.0)
+    assert time.monotonic() - stopped > 4.5
+    retry = await client.publish("held")
     assert retry.status == 503 and retry.code() == "no_worker"
 
     # Woken up, it is told to register again, drops its stale sessions and serves again.
@@ -376,22 +396,27 @@ async def test_hung_worker_times_out_then_is_dropped_and_registers_again(
     assert (await client.publish("held")).status == 201
 
 
-async def test_killed_remote_worker_is_dropped_within_two_seconds(
+async def test_killed_remote_worker_is_unresponsive_at_once_and_dropped_when_dead(
     start_gateway: StartGateway,
     start_worker: StartWorker,
     http: aiohttp.ClientSession,
     clients: Callable[[GatewayProcess], Client],
 ) -> None:
-    gateway, worker = await remote_worker_gateway(start_gateway, start_worker, http)
+    gateway, worker = await remote_worker_gateway(
+        start_gateway, start_worker, http, "--worker-dead-timeout", "3"
+    )
     client = clients(gateway)
     held = await client.publish("r")
     assert held.status == 201
     os.kill(worker.process.pid, signal.SIGKILL)
-    await wait_status(http, "GET", gateway.url + held.location, 404, 2.0)
+    killed = time.monotonic()
+    await wait_until(lambda: "unresponsive" in gateway.log(), 2.0, "the worker to be unresponsive")
     async with http.get(gateway.url + "/readyz") as r:
         assert r.status == 503
-    retry = await client.publish("r")
+    retry = await client.publish("r2")
     assert retry.status == 503 and retry.headers["Retry-After"] == "2"
+    await wait_status(http, "GET", gateway.url + held.location, 404, 4.0)
+    assert time.monotonic() - killed > 2.5
 
 
 # --- a local worker killed under load -------------------------------------------------------
