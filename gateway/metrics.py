@@ -39,6 +39,9 @@ from ipc.messages import Heartbeat, RoomStats
 
 # How long the series of a closed room or a vanished worker stay exported.
 RETIRED_SERIES_TTL_S = 300.0
+# Expired series are also dropped between scrapes, so that a gateway nobody scrapes does not
+# keep every room name it ever saw.
+SWEEP_INTERVAL_S = 30.0
 
 REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
 
@@ -74,8 +77,12 @@ class WorkerReport:
 class TrafficTotals:
     """Monotonic per-worker and per-room counters built from worker heartbeats."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, directory: Directory | None = None
+    ) -> None:
         self.clock = clock
+        self.directory = directory
+        self._last_sweep = clock()
         # (worker id, room or "") -> (pid, last reported values)
         self._baseline: dict[tuple[str, str], tuple[int, Values]] = {}
         self.workers: dict[str, _Totals] = {}
@@ -116,10 +123,14 @@ class TrafficTotals:
         for key in [k for k in self._baseline if k[0] == worker_id and k[1]]:
             if key[1] not in live:
                 del self._baseline[key]
+        if self.directory is not None and now - self._last_sweep > SWEEP_INTERVAL_S:
+            self.forget_stale(self.directory)
+
 
     def forget_stale(self, directory: Directory) -> None:
         """Drop series of rooms and workers gone for longer than RETIRED_SERIES_TTL_S."""
-        horizon = self.clock() - RETIRED_SERIES_TTL_S
+        self._last_sweep = self.clock()
+        horizon = self._last_sweep - RETIRED_SERIES_TTL_S
         for name in [n for n, t in self.rooms.items() if t.last_seen < horizon]:
             if name not in directory.rooms:
                 del self.rooms[name]
@@ -298,7 +309,7 @@ def setup_metrics(app: web.Application, directory: Directory) -> TrafficTotals:
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
-    totals = TrafficTotals()
+    totals = TrafficTotals(directory=directory)
     registry.register(LiveCollector(directory, totals))
     app[REGISTRY_KEY] = registry
     app[COUNTERS_KEY] = GatewayCounters(registry)

@@ -217,6 +217,16 @@ def test_series_of_gone_rooms_expire() -> None:
     assert "a" not in totals.rooms and "local-0" not in totals.workers
 
 
+def test_series_of_gone_rooms_expire_without_a_scrape() -> None:
+    """Heartbeats sweep expired series too: a gateway nobody scrapes must not keep them all."""
+    clock = FakeClock()
+    totals = TrafficTotals(clock=clock, directory=Directory())
+    totals.observe(_worker(1), _heartbeat(10, [_room("a", 10, closed=True)]))
+    clock.now += 3600
+    totals.observe(_worker(1), _heartbeat(10, [_room("b", 1)]))
+    assert "a" not in totals.rooms and "b" in totals.rooms
+
+
 def test_old_heartbeats_without_room_stats_still_decode() -> None:
     """A worker of the previous release sends no per-room fields: the defaults fill them."""
     old = {"t": "heartbeat", "rooms": ["a"], "sessions": 1, "forwarded_packets_per_s": 0, "cpu": 0}
