@@ -813,8 +813,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--worker-timeout",
         type=positive(float),
         default=5.0,
-        help="the gateway's WORKER_TIMEOUT for this run (its default 1.5 s can declare a "
-        "worker dead while a burst of joins stalls it on a contended machine)",
+        help="the gateway's WORKER_TIMEOUT for this run (with its default 1.5 s a burst of "
+        "joins can stall a worker long enough to be unresponsive and refuse joins for a "
+        "moment on a contended machine)",
     )
     common.add_argument(
         "--gateway-arg", action="append", default=[], help="extra sfu-gateway flag (repeat)"
