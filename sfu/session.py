@@ -167,6 +167,7 @@ class Session:
             await self.pc.close()
         except Exception:  # a half-built connection may fail to close; it is gone either way
             log.debug("closing peer connection of %s failed", self.id[:8], exc_info=True)
+            await _stop_ice_transports(self.pc)  # its UDP ports, at least, must be freed
 
     def detach(self) -> None:
         """Subclasses unhook from the room's forwarders here."""
@@ -528,6 +529,15 @@ class SubscriberSession(Session):
             forwarder.detach(output)
         self.outputs.clear()
         self._pending.clear()
+
+
+async def _stop_ice_transports(pc: RTCPeerConnection) -> None:
+    for transceiver in pc.getTransceivers():
+        for dtls in (transceiver.receiver.transport, transceiver.sender.transport):
+            try:
+                await dtls.transport.stop()
+            except Exception:
+                log.debug("stopping an ICE transport failed", exc_info=True)
 
 
 def _detail(exc: BaseException) -> str:
