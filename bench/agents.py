@@ -23,14 +23,14 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import pylibsrtp
 import uvloop
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCRtpSender, RTCSessionDescription
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, AnyRtcpPacket
 
+from bench import aiortc_taps
 from bench.media import (
     PROBE,
     PROBE_MAGIC,
@@ -40,9 +40,16 @@ from bench.media import (
     read_probe,
 )
 from sfu import aiortc_adapter as adapter
-from sfu.keyframe import vp8_keyframe
+from sfu.media.keyframes import vp8_keyframe
 from sfu.rtp import payload_offset
-from tests.clients.peer import WhipError, delete_session, post_offer, wait_connected
+from testkit.client import (
+    WhipError,
+    delete_session,
+    endpoint,
+    new_pc,
+    post_offer,
+    wait_connected,
+)
 
 # Latency histogram: 10 µs buckets up to 2 s (the last bucket holds everything slower).
 BUCKET_NS = 10_000
@@ -50,15 +57,6 @@ BUCKETS = 200_001
 CONNECT_TIMEOUT = 20.0
 PACING_FACTOR = 2.5  # libwebrtc paces video at 2.5x its target bitrate
 TICK = 0.002  # seconds between pacer runs
-
-
-def endpoint(base_url: str, kind: str, room: str) -> str:
-    path = "api/whip/publish" if kind == "whip" else "api/whep/play"
-    return f"{base_url.rstrip('/')}/{path}/{quote(room, safe='')}"
-
-
-def new_pc() -> RTCPeerConnection:
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -191,7 +189,7 @@ class Viewer:
                 if codec.payloadType is not None and not codec.mimeType.lower().endswith("/rtx"):
                     self.tracks[codec.payloadType] = TrackCounter(transceiver.kind == "video")
                     break
-        adapter.tap_srtp_ingress(self.pc, self.on_srtp)
+        aiortc_taps.tap_srtp_ingress(self.pc, self.on_srtp)
         if await wait_connected(self.pc, CONNECT_TIMEOUT):
             self.connected_ns = time.monotonic_ns()
         else:
@@ -335,7 +333,7 @@ class ViewerAgent:
             "histogram": histogram,
             "unprotect_errors": self.unprotect_errors,
             "srtp_profile": next(
-                (adapter.srtp_profile_name(v.pc) for v in self.viewers if v.connected_ns), ""
+                (aiortc_taps.srtp_profile_name(v.pc) for v in self.viewers if v.connected_ns), ""
             ),
         }
 

@@ -26,7 +26,7 @@ import pylibsrtp
 import uvloop
 
 from bench.media import VideoProfile, one_second_of_packets
-from sfu.rtp import BYTE1_SEQ_TS_SSRC, header_template
+from sfu.media.fanout import BYTE1_SEQ_TS_SSRC, header_template
 
 # name -> (libsrtp profile, master key + salt bytes)
 SRTP_PROFILES: dict[str, tuple[int, int]] = {

@@ -34,33 +34,24 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from tests.clients.peer import PatternVideoTrack, delete_session, post_offer, wait_connected
-from tests.conftest import start_gateway
-from tests.sfu.media import KeyframeSchedule
+from testkit.client import delete_session, endpoint, new_pc, post_offer, wait_connected
+from testkit.media import KeyframeSchedule, PatternVideoTrack
+from testkit.processes import start_gateway
 
 CONNECT_TIMEOUT = 20.0
 FIRST_FRAME_TIMEOUT = 20.0
 
 
-def _endpoint(url: str, kind: str, room: str) -> str:
-    path = "api/whip/publish" if kind == "whip" else "api/whep/play"
-    return f"{url}/{path}/{room}"
-
-
-def _new_pc() -> RTCPeerConnection:
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
-
-
 async def _publish(
     http: aiohttp.ClientSession, url: str, room: str, interval: float, honor_pli: bool
 ) -> tuple[RTCPeerConnection, KeyframeSchedule | None, str]:
-    pc = _new_pc()
+    pc = new_pc()
     transceiver = pc.addTransceiver(PatternVideoTrack(640, 360, 30), direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
-    session = await post_offer(http, _endpoint(url, "whip", room), pc.localDescription.sdp, None)
+    session = await post_offer(http, endpoint(url, "whip", room), pc.localDescription.sdp, None)
     schedule = None if honor_pli else KeyframeSchedule(transceiver.sender, interval)
     await pc.setRemoteDescription(RTCSessionDescription(session.answer, "answer"))
     if not await wait_connected(pc, CONNECT_TIMEOUT):
@@ -91,7 +82,7 @@ async def _first_frame(track: MediaStreamTrack, done: asyncio.Future[float]) -> 
 
 
 async def _one_viewer(http: aiohttp.ClientSession, url: str, room: str) -> dict[str, Any]:
-    pc = _new_pc()
+    pc = new_pc()
     pc.addTransceiver("video", direction="recvonly")
     loop = asyncio.get_running_loop()
     first_frame: asyncio.Future[float] = loop.create_future()
@@ -107,9 +98,7 @@ async def _one_viewer(http: aiohttp.ClientSession, url: str, room: str) -> dict[
     result: dict[str, Any] = {"ok": False}
     location = ""
     try:
-        session = await post_offer(
-            http, _endpoint(url, "whep", room), pc.localDescription.sdp, None
-        )
+        session = await post_offer(http, endpoint(url, "whep", room), pc.localDescription.sdp, None)
         location = session.location
         await pc.setRemoteDescription(RTCSessionDescription(session.answer, "answer"))
         if not await wait_connected(pc, CONNECT_TIMEOUT):

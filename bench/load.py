@@ -32,7 +32,8 @@ from typing import Any
 
 from bench.agents import BUCKET_NS, cpu_seconds, publisher_agent_main, rss_bytes, viewer_agent_main
 from bench.baselines import DEFAULT_SRTP_PROFILE, bare_fanout_main, sink_main
-from tests.conftest import PEER_CLI, REPO, GatewayProcess, pick_free_port, start_gateway
+from testkit import client
+from testkit.processes import REPO, GatewayProcess, pick_free_port, start_gateway, worker_pids
 
 RESULTS = REPO / "bench" / "results"
 CONTEXT = multiprocessing.get_context("spawn")
@@ -102,21 +103,6 @@ def broadcast(
 # The server under test and /proc
 
 
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid:
-            found.append(int(entry))
-    return found
-
-
 def host_cpu_ticks() -> tuple[int, int]:
     """(busy, total) jiffies of the whole machine, from /proc/stat."""
     with open("/proc/stat") as stat:
@@ -159,12 +145,12 @@ def start_server(options: argparse.Namespace, log_dir: Path) -> Server:
     args += ["--worker-timeout", f"{options.worker_timeout:g}", *options.gateway_arg]
     gateway = start_gateway(log_dir, workers=options.workers, args=args)
     deadline = time.monotonic() + 20
-    while len(children_of(gateway.proc.pid)) < options.workers:
+    while len(worker_pids(gateway)) < options.workers:
         if time.monotonic() > deadline:
             gateway.stop()
             raise BenchError("the gateway's workers did not start")
         time.sleep(0.1)
-    return Server(gateway.url, children_of(gateway.proc.pid), gateway)
+    return Server(gateway.url, sorted(worker_pids(gateway)), gateway)
 
 
 def http_json(url: str) -> Any:
@@ -448,7 +434,7 @@ def bare_baseline(
 
 
 def relay_baseline(fleet: Fleet, viewer_counts: list[int], log_dir: Path) -> dict[str, Any]:
-    """aiortc's MediaRelay (bench/relay_server.py) fed by a real VP8 encoder (peer.py)."""
+    """aiortc's MediaRelay (bench/relay_server.py) fed by a real VP8 encoder (testkit.client)."""
     options = fleet.options
     port = pick_free_port()
     url = f"http://127.0.0.1:{port}"
@@ -467,8 +453,8 @@ def relay_baseline(fleet: Fleet, viewer_counts: list[int], log_dir: Path) -> dic
                 raise BenchError(f"the MediaRelay server did not start (see {log_dir})")
             time.sleep(0.2)
         publisher = subprocess.Popen(
-            [sys.executable, str(PEER_CLI), "publish", "--url", url, "--room", "relay"]
-            + ["--seconds", "3600", "--width", str(width), "--height", str(height)],
+            client.command("publish", url, "relay", "--seconds", "3600")
+            + ["--width", str(width), "--height", str(height)],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -512,7 +498,7 @@ def relay_baseline(fleet: Fleet, viewer_counts: list[int], log_dir: Path) -> dic
             relay.kill()
             relay.wait(5)
     return {
-        "source": f"{width}x{height} VP8 from aiortc's encoder (tests/clients/peer.py)",
+        "source": f"{width}x{height} VP8 from aiortc's encoder (testkit/client.py)",
         "decode_only_cpu_cores": round(decode_only, 3),
         "steps": steps,
     }

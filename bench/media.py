@@ -2,7 +2,7 @@
 
 The SFU never decodes, so a payload only has to look right where the SFU and its viewers
 look: a valid VP8 payload descriptor with the S bit on the first packet of each frame, a
-VP8 frame tag whose P bit is clear on keyframes (sfu.keyframe.vp8_keyframe), realistic frame
+VP8 frame tag whose P bit is clear on keyframes (sfu.media.keyframes.vp8_keyframe), realistic frame
 sizes and packet counts, and RTP timestamps and marker bits as an encoder sets them.
 
 Every payload ends with a probe: magic, a per-track counter and the CLOCK_MONOTONIC time at

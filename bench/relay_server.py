@@ -3,7 +3,7 @@
 A one-process WHIP/WHEP server on the same paths as sfu-gateway. Each published track is
 decoded once and re-encoded for every viewer (MediaRelay hands decoded frames to one
 encoder per subscribing peer connection). bench/load.py starts it, publishes to it with a
-real encoder (tests/clients/peer.py) and measures this process's CPU per viewer.
+real encoder (testkit/client.py) and measures this process's CPU per viewer.
 
     python -m bench.relay_server --port 8090
 """

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from testkit.processes import REPO
 
 
 def test_p1_with_two_viewers_reports_every_figure(tmp_path: Path) -> None:

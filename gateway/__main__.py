@@ -23,16 +23,19 @@ import uvloop
 import zmq
 from aiohttp import web
 
-from gateway.app import API_KEY, RedactingAccessLogger, make_app, make_metrics_app
-from gateway.config import PROG, GatewayConfig, load_config
-from gateway.directory import Directory
-from gateway.httpserver import install_json_errors, install_log_filter
+from common import logformat
+from common.settings import die
+from gateway.config import GatewayConfig, load_config
+from gateway.http.access_log import RedactingAccessLogger
+from gateway.http.app import make_app, make_metrics_app
+from gateway.http.server import install_json_errors, install_log_filter
+from gateway.http.whip_whep import API_KEY
 from gateway.metrics import REGISTRY_KEY
-from gateway.registry import Registry
-from gateway.supervisor import Supervisor
-from ipc import logformat
+from gateway.placement.directory import Directory
+from gateway.placement.registry import Registry
+from gateway.placement.supervisor import Supervisor
+from gateway.settings import PROG
 from ipc.channel import IpcError, router_channel
-from ipc.settings import die
 
 log = logging.getLogger("gateway")
 
@@ -53,11 +56,12 @@ def configure_logging(level: str) -> None:
 
 
 def build_ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
-    if not config.tls_enabled:
+    http = config.http
+    if not http.tls_enabled:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+        context.load_cert_chain(http.tls_cert_file, http.tls_key_file)
     except (OSError, ssl.SSLError) as exc:
         die(PROG, f"TLS_CERT_FILE/TLS_KEY_FILE cannot be loaded: {exc}")
     return context
@@ -140,11 +144,13 @@ class Gateway:
     def __init__(self, config: GatewayConfig, ssl_context: ssl.SSLContext | None) -> None:
         self.config = config
         self.ssl_context = ssl_context
-        self._own_ipc_dir = not config.ipc_dir
+        self._own_ipc_dir = not config.workers.ipc_dir
         if self._own_ipc_dir:
             for path in remove_stale_ipc_dirs(tempfile.gettempdir()):
                 log.info("removed %s, left behind by a gateway that is gone", path)
-        self.ipc_dir = config.ipc_dir or tempfile.mkdtemp(prefix=f"{IPC_DIR_PREFIX}{os.getpid()}-")
+        self.ipc_dir = config.workers.ipc_dir or tempfile.mkdtemp(
+            prefix=f"{IPC_DIR_PREFIX}{os.getpid()}-"
+        )
         self.ipc_endpoint = f"ipc://{self.ipc_dir}/gateway.sock"
         self.registry: Registry | None = None
         self.supervisor: Supervisor | None = None
@@ -155,8 +161,9 @@ class Gateway:
         """Bind IPC, then HTTP, then spawn workers; raises OSError/ZMQError on a bind failure."""
         os.makedirs(self.ipc_dir, mode=0o700, exist_ok=True)
         endpoints = [self.ipc_endpoint]
-        if self.config.worker_listen:
-            endpoints.append(self.config.worker_listen)
+        worker_listen = self.config.workers.worker_listen
+        if worker_listen:
+            endpoints.append(worker_listen)
         channel = router_channel(endpoints)
         self.registry = Registry(self.config, channel, Directory())
         self.supervisor = Supervisor(self.config, self.ipc_endpoint, self.registry.worker_exited)
@@ -171,10 +178,10 @@ class Gateway:
         )
         await self.runner.setup()
         install_json_errors(self.runner)
-        address = self.config.http_addr
+        address = self.config.http.http_addr
         site = web.TCPSite(self.runner, address.host, address.port, ssl_context=self.ssl_context)
         await site.start()
-        metrics_addr = self.config.metrics_addr
+        metrics_addr = self.config.observability.metrics_addr
         if metrics_addr is not None:
             self.metrics_runner = web.AppRunner(
                 make_metrics_app(app[REGISTRY_KEY]), access_log=None
@@ -189,8 +196,8 @@ class Gateway:
             "%s listening on %s with %d local workers%s",
             PROG,
             address.url(scheme),
-            self.config.workers,
-            f", remote workers on {self.config.worker_listen}" if self.config.worker_listen else "",
+            self.config.workers.count,
+            f", remote workers on {worker_listen}" if worker_listen else "",
         )
 
     async def _close_all_rooms(self) -> None:
@@ -215,7 +222,7 @@ class Gateway:
             api.start_draining()
             for site in list(self.runner.sites):
                 await site.stop()  # no new connections; requests on open ones get 503
-            drain_s = min(self.config.ipc_timeout + 3.0, MAX_DRAIN_S)
+            drain_s = min(self.config.workers.ipc_timeout + 3.0, MAX_DRAIN_S)
             if not await api.drain.wait_idle(drain_s):
                 log.warning("%d requests still running after %g s", api.drain.in_flight, drain_s)
             with contextlib.suppress(TimeoutError):
@@ -262,7 +269,7 @@ async def serve(config: GatewayConfig, ssl_context: ssl.SSLContext | None) -> in
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
-    configure_logging(config.log_level)
+    configure_logging(config.observability.log_level)
     ssl_context = build_ssl_context(config)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(serve(config, ssl_context))

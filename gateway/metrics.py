@@ -34,8 +34,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.directory import Directory, WorkerInfo
-from ipc.messages import Heartbeat, RoomStats
+from gateway.placement.directory import SessionDirectory, WorkerInfo
+from ipc.messages import Counters, Heartbeat, RoomStats
 
 # How long the series of a closed room or a vanished worker stay exported.
 RETIRED_SERIES_TTL_S = 300.0
@@ -45,17 +45,17 @@ SWEEP_INTERVAL_S = 30.0
 
 REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
 
-# The counters a worker reports, in this order, per worker and per room.
-COUNTER_FIELDS = ("packets_in", "bytes_in", "packets_out", "bytes_out", "dropped_packets")
+# The counters a worker reports, per worker (Heartbeat) and per room (RoomStats), in order.
+COUNTER_FIELDS: tuple[str, ...] = Counters.__struct_fields__
 Values = tuple[int, ...]
 
 
-def _worker_values(heartbeat: Heartbeat) -> Values:
-    return tuple(getattr(heartbeat, name) for name in COUNTER_FIELDS)
+def _values(counters: Counters) -> Values:
+    return tuple(getattr(counters, name) for name in COUNTER_FIELDS)
 
 
-def _room_values(stats: RoomStats) -> Values:
-    return tuple(getattr(stats, name) for name in COUNTER_FIELDS)
+def _index(name: str) -> int:
+    return COUNTER_FIELDS.index(name)
 
 
 @dataclass
@@ -78,7 +78,9 @@ class TrafficTotals:
     """Monotonic per-worker and per-room counters built from worker heartbeats."""
 
     def __init__(
-        self, clock: Callable[[], float] = time.monotonic, directory: Directory | None = None
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        directory: SessionDirectory | None = None,
     ) -> None:
         self.clock = clock
         self.directory = directory
@@ -107,7 +109,7 @@ class TrafficTotals:
 
         totals = self.workers.setdefault(worker_id, _Totals())
         totals.last_seen = now
-        self._advance((worker_id, ""), pid, _worker_values(heartbeat), totals)
+        self._advance((worker_id, ""), pid, _values(heartbeat), totals)
 
         live: set[str] = set()
         # Closed rooms first: a new room of the same name continues from a zero baseline.
@@ -115,7 +117,7 @@ class TrafficTotals:
             room_totals = self.rooms.setdefault(stats.name, _Totals())
             room_totals.last_seen = now
             key = (worker_id, stats.name)
-            self._advance(key, pid, _room_values(stats), room_totals)
+            self._advance(key, pid, _values(stats), room_totals)
             if stats.closed:
                 del self._baseline[key]  # a room of that name starts again from zero
             else:
@@ -126,8 +128,7 @@ class TrafficTotals:
         if self.directory is not None and now - self._last_sweep > SWEEP_INTERVAL_S:
             self.forget_stale(self.directory)
 
-
-    def forget_stale(self, directory: Directory) -> None:
+    def forget_stale(self, directory: SessionDirectory) -> None:
         """Drop series of rooms and workers gone for longer than RETIRED_SERIES_TTL_S."""
         self._last_sweep = self.clock()
         horizon = self._last_sweep - RETIRED_SERIES_TTL_S
@@ -154,7 +155,7 @@ class TrafficTotals:
 class LiveCollector(Collector):
     """Everything derived from the directory and the workers' heartbeats, at scrape time."""
 
-    def __init__(self, directory: Directory, totals: TrafficTotals) -> None:
+    def __init__(self, directory: SessionDirectory, totals: TrafficTotals) -> None:
         self.directory = directory
         self.totals = totals
 
@@ -193,35 +194,51 @@ class LiveCollector(Collector):
 
 def _room_counters(totals: TrafficTotals) -> Iterable[Metric]:
     described = (
-        ("live_rtp_packets_total", "RTP packets received from publishers, by room", 0),
-        ("live_rtp_bytes_total", "RTP bytes received from publishers, by room", 1),
-        ("live_rtp_sent_packets_total", "RTP packets forwarded to viewers, by room", 2),
-        ("live_rtp_sent_bytes_total", "RTP payload bytes forwarded to viewers, by room", 3),
-        ("live_rtp_dropped_packets_total", "Malformed or unroutable packets, by room", 4),
+        ("live_rtp_packets_total", "RTP packets received from publishers, by room", "packets_in"),
+        ("live_rtp_bytes_total", "RTP bytes received from publishers, by room", "bytes_in"),
+        ("live_rtp_sent_packets_total", "RTP packets forwarded to viewers, by room", "packets_out"),
+        (
+            "live_rtp_sent_bytes_total",
+            "RTP payload bytes forwarded to viewers, by room",
+            "bytes_out",
+        ),
+        (
+            "live_rtp_dropped_packets_total",
+            "Malformed or unroutable packets, by room",
+            "dropped_packets",
+        ),
     )
-    for name, documentation, index in described:
+    for name, documentation, counter in described:
         family = CounterMetricFamily(name, documentation, labels=["room"])
         for room, room_totals in sorted(totals.rooms.items()):
-            family.add_metric([room], room_totals.values[index])
+            family.add_metric([room], room_totals.values[_index(counter)])
         yield family
 
 
 def _worker_counters(totals: TrafficTotals) -> Iterable[Metric]:
     described = (
-        ("live_worker_received_packets_total", "RTP packets received by a worker", 0),
-        ("live_worker_received_bytes_total", "RTP bytes received by a worker", 1),
-        ("live_worker_forwarded_packets_total", "RTP packets forwarded by a worker", 2),
-        ("live_worker_forwarded_bytes_total", "RTP payload bytes forwarded by a worker", 3),
-        ("live_worker_dropped_packets_total", "Packets a worker dropped", 4),
+        ("live_worker_received_packets_total", "RTP packets received by a worker", "packets_in"),
+        ("live_worker_received_bytes_total", "RTP bytes received by a worker", "bytes_in"),
+        (
+            "live_worker_forwarded_packets_total",
+            "RTP packets forwarded by a worker",
+            "packets_out",
+        ),
+        (
+            "live_worker_forwarded_bytes_total",
+            "RTP payload bytes forwarded by a worker",
+            "bytes_out",
+        ),
+        ("live_worker_dropped_packets_total", "Packets a worker dropped", "dropped_packets"),
     )
-    for name, documentation, index in described:
+    for name, documentation, counter in described:
         family = CounterMetricFamily(name, documentation, labels=["worker"])
         for worker_id, worker_totals in sorted(totals.workers.items()):
-            family.add_metric([worker_id], worker_totals.values[index])
+            family.add_metric([worker_id], worker_totals.values[_index(counter)])
         yield family
 
 
-def _worker_gauges(directory: Directory, totals: TrafficTotals) -> Iterable[Metric]:
+def _worker_gauges(directory: SessionDirectory, totals: TrafficTotals) -> Iterable[Metric]:
     live = [(w, totals.reports.get(w)) for w in sorted(directory.workers)]
     reports = [(w, r) for w, r in live if r is not None]
     now = totals.clock()
@@ -303,7 +320,7 @@ COUNTERS_KEY = web.AppKey("metrics_counters", GatewayCounters)
 TOTALS_KEY = web.AppKey("metrics_totals", TrafficTotals)
 
 
-def setup_metrics(app: web.Application, directory: Directory) -> TrafficTotals:
+def setup_metrics(app: web.Application, directory: SessionDirectory) -> TrafficTotals:
     """Create the app's registry (before any route is added) with the live-sfu collectors."""
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)

@@ -1,6 +1,6 @@
 """Uploads finished recordings to S3 (or MinIO, or any S3-compatible store) with minio.
 
-The queue is RECORD_DIR itself: every recording whose sidecar (ipc.recordings) says
+The queue is RECORD_DIR itself: every recording whose sidecar (common.sidecar) says
 "complete" and whose upload state is not "uploaded" is pending, so the queue survives
 restarts of the gateway and of the workers with nothing else to persist. A recording left
 "uploading" by a gateway that stopped mid-upload is simply uploaded again.
@@ -31,8 +31,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from gateway.config import GatewayConfig
-from ipc.recordings import (
+from common.sidecar import (
     COMPLETE,
     CONTENT_TYPES,
     UPLOAD_FAILED,
@@ -42,6 +41,7 @@ from ipc.recordings import (
     read_sidecar,
     write_sidecar,
 )
+from gateway.config import GatewayConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +75,19 @@ def make_client(config: GatewayConfig) -> Minio:
         # Our own backoff retries; minio's default would spend ~6 s per refused connection.
         retries=urllib3.Retry(total=1, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
     )
+    upload = config.upload
     client = Minio(
-        config.s3_endpoint,
-        access_key=config.s3_access_key,
-        secret_key=config.s3_secret_key,
-        secure=config.s3_use_ssl,
-        region=config.s3_region or None,
+        upload.s3_endpoint,
+        access_key=upload.s3_access_key,
+        secret_key=upload.s3_secret_key,
+        secure=upload.s3_use_ssl,
+        region=upload.s3_region or None,
         http_client=http,
     )
-    if config.s3_path_style is True:
-        client.disable_virtual_style_endpoint()
-    elif config.s3_path_style is False:
-        client.enable_virtual_style_endpoint()
+    if upload.s3_path_style is True:
+        client.disable_virtual_style_endpoint()  # type: ignore[no-untyped-call]  # minio: untyped
+    elif upload.s3_path_style is False:
+        client.enable_virtual_style_endpoint()  # type: ignore[no-untyped-call]  # minio: untyped
     return client
 
 
@@ -107,11 +108,11 @@ class Uploader:
         client: Minio,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.directory = os.path.abspath(config.record_dir)
+        self.directory = os.path.abspath(config.recording.record_dir)
         self.client = client
-        self.bucket = config.s3_bucket
-        self.prefix = config.s3_prefix
-        self.delete_after = config.delete_recording_after_upload
+        self.bucket = config.upload.s3_bucket
+        self.prefix = config.upload.s3_prefix
+        self.delete_after = config.upload.delete_recording_after_upload
         self.clock = clock
         # Metrics: recordings waiting (gauge); uploads done and attempts failed (counters).
         self.pending = 0

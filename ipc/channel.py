@@ -4,12 +4,19 @@ The gateway binds a ROUTER and addresses each worker by its routing id; a worker
 DEALER. Either side may send requests and notifications. Semantics follow mediasoup's
 Channel, plus what it lacks: every request has a timeout, `fail_peer()` fails the requests
 pending on a peer that died, and `close()` fails everything still pending.
+
+As in mediasoup (its issue #510), a notification is never handled before the code awaiting
+an answer that arrived earlier from the same peer has resumed: a worker that answers an
+OpenSession and then reports the session's state is heard in that order. A notification that
+arrives while such an answer is on its way to its request() is held, and handled (in order)
+once that request() has returned to its caller and the caller reached its next await.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import zmq
@@ -22,6 +29,7 @@ from ipc.messages import (
     REQUEST,
     RESPONSE,
     Failure,
+    FailureCode,
     Frame,
     Message,
 )
@@ -51,7 +59,7 @@ class ChannelClosed(IpcError):
 class RemoteFailure(IpcError):
     """The peer answered a request with a Failure message."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: FailureCode, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
@@ -64,6 +72,10 @@ class Channel:
         self._socket = socket
         self._routed = routed
         self._pending: dict[int, tuple[bytes, asyncio.Future[Message]]] = {}
+        # Per peer: ids of requests answered whose request() has not resumed yet, and the
+        # notifications held until it has.
+        self._unresumed: dict[bytes, set[int]] = {}
+        self._held: dict[bytes, deque[Message]] = {}
         self._next_id = 0
         self._reader: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -97,6 +109,7 @@ class Channel:
             ) from None
         finally:
             self._pending.pop(request_id, None)
+            self._resumed(peer, request_id)
         if isinstance(answer, Failure):
             raise RemoteFailure(answer.code, answer.message)
         return answer
@@ -121,6 +134,8 @@ class Channel:
             if not future.done():
                 future.set_exception(ChannelClosed("channel closed, request aborted"))
         self._pending.clear()
+        self._unresumed.clear()
+        self._held.clear()
         tasks = list(self._handlers)
         if self._reader is not None:
             tasks.append(self._reader)
@@ -176,18 +191,43 @@ class Channel:
                 return
             if not entry[1].done():
                 entry[1].set_result(frame.body)
+                self._unresumed.setdefault(peer, set()).add(frame.id)
         elif frame.kind == REQUEST:
             task = asyncio.get_running_loop().create_task(self._serve(peer, frame))
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
         elif frame.kind == NOTIFICATION:
-            if self.on_notification is not None:
-                try:
-                    self.on_notification(peer, frame.body)
-                except Exception:
-                    log.exception("notification handler failed")
+            if peer in self._unresumed or peer in self._held:
+                self._held.setdefault(peer, deque()).append(frame.body)
+            else:
+                self._notify(peer, frame.body)
         else:
             self.bad_messages += 1
+
+    def _resumed(self, peer: bytes, request_id: int) -> None:
+        """request() got past its await: notifications held for it may follow once its
+        caller reaches its next await (call_soon runs after the caller's synchronous part)."""
+        waiting = self._unresumed.get(peer)
+        if waiting is None or request_id not in waiting:
+            return
+        waiting.discard(request_id)
+        if not waiting:
+            del self._unresumed[peer]
+            if peer in self._held:
+                asyncio.get_running_loop().call_soon(self._release, peer)
+
+    def _release(self, peer: bytes) -> None:
+        if self._closed or peer in self._unresumed:
+            return  # another answer is on its way: released after its request() resumed
+        for body in self._held.pop(peer, ()):
+            self._notify(peer, body)
+
+    def _notify(self, peer: bytes, body: Message) -> None:
+        if self.on_notification is not None:
+            try:
+                self.on_notification(peer, body)
+            except Exception:
+                log.exception("notification handler failed")
 
     async def _serve(self, peer: bytes, frame: Frame) -> None:
         answer: Message

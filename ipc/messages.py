@@ -7,9 +7,30 @@ is refused at registration.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import msgspec
 
-PROTOCOL_VERSION = 1
+# 2: OpenSession replaced OpenPublisher/OpenSubscriber; Failure codes, session and publisher
+# states are closed sets (an unknown one does not decode).
+PROTOCOL_VERSION = 2
+
+SessionKind = Literal["publisher", "subscriber"]
+# A session's changes of state that its worker reports on its own.
+SessionStateName = Literal["connected", "closed"]
+PublisherState = Literal["none", "connecting", "connected"]
+# Why a request was refused or failed; gateway/http/errors.py maps each to an HTTP status.
+FailureCode = Literal[
+    "bad_offer",  # malformed SDP or nothing we can forward -> 400
+    "publisher_exists",  # -> 409
+    "no_room",  # -> 404
+    "unknown_session",  # -> 404
+    "bad_candidate",  # -> 400
+    "refused",  # registration refused
+    "overloaded",  # -> 503
+    "internal",  # -> 503 (never a 500 to the client)
+]
+FAILURE_CODES: frozenset[str] = frozenset(get_args(FailureCode))
 
 
 class _Msg(msgspec.Struct, forbid_unknown_fields=True, tag_field="t"):
@@ -35,7 +56,19 @@ class Welcome(_Msg, tag="welcome"):
     heartbeat_interval: float
 
 
-class RoomStats(msgspec.Struct, forbid_unknown_fields=True, array_like=True):
+class Counters(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The traffic counters a worker reports, for itself (Heartbeat) and per room (RoomStats);
+    the gateway turns them into monotonic metrics. Keyword-only, so they never shift the
+    positional fields of the messages that carry them."""
+
+    packets_in: int = 0  # RTP packets received from publishers
+    bytes_in: int = 0
+    packets_out: int = 0  # RTP packets forwarded to viewers
+    bytes_out: int = 0  # payload bytes forwarded
+    dropped_packets: int = 0  # malformed or unroutable
+
+
+class RoomStats(Counters, array_like=True):
     """One room in a heartbeat. Counters run since the room was created on this worker.
 
     A room that closed since the previous heartbeat is reported once more with closed=True
@@ -43,19 +76,16 @@ class RoomStats(msgspec.Struct, forbid_unknown_fields=True, array_like=True):
     """
 
     name: str
-    publisher_state: str  # "none" | "connecting" | "connected"
+    publisher_state: PublisherState
     tracks: list[tuple[str, str]]  # (kind, codec name) of the current publisher
     subscribers: int
-    packets_in: int = 0
-    bytes_in: int = 0
-    packets_out: int = 0
-    bytes_out: int = 0
-    dropped_packets: int = 0
     closed: bool = False
 
 
-class Heartbeat(_Msg, tag="heartbeat"):
-    """Sent by a worker from its event loop; a late heartbeat means a busy or hung loop."""
+class Heartbeat(_Msg, Counters, tag="heartbeat"):
+    """Sent by a worker from its event loop; a late heartbeat means a busy or hung loop.
+
+    Its Counters run since the worker started."""
 
     rooms: list[str]
     sessions: int
@@ -63,12 +93,6 @@ class Heartbeat(_Msg, tag="heartbeat"):
     cpu: float  # fraction of one core used since the previous heartbeat
     rss_bytes: int = 0
     loop_lag_s: float = 0.0
-    # Counters since the worker started (the gateway turns them into monotonic metrics).
-    packets_in: int = 0
-    packets_out: int = 0
-    bytes_out: int = 0
-    dropped_packets: int = 0
-    bytes_in: int = 0
     ipc_round_trip_s: float = 0.0  # of the previous heartbeat request
     room_stats: list[RoomStats] = msgspec.field(default_factory=list)
     # Sessions the worker can hold at once (its UDP port budget); 0 = no fixed limit.
@@ -92,13 +116,11 @@ class Reregister(_Msg, tag="reregister"):
 # --- session control (gateway -> worker requests) ------------------------------------------
 
 
-class OpenPublisher(_Msg, tag="open_publisher"):
-    room: str
-    session_id: str
-    offer: str
+class OpenSession(_Msg, tag="open_session"):
+    """Create a publisher or subscriber session from the client's offer; answered with
+    SessionAnswer or Failure."""
 
-
-class OpenSubscriber(_Msg, tag="open_subscriber"):
+    kind: SessionKind
     room: str
     session_id: str
     offer: str
@@ -132,24 +154,10 @@ class Done(_Msg, tag="done"):
 
 
 class Failure(_Msg, tag="failure"):
-    """A refused or failed request. `code` is one of FAILURE_CODES."""
+    """A refused or failed request."""
 
-    code: str
+    code: FailureCode
     message: str
-
-
-FAILURE_CODES = frozenset(
-    {
-        "bad_offer",  # malformed SDP or nothing we can forward -> 400
-        "publisher_exists",  # -> 409
-        "no_room",  # -> 404
-        "unknown_session",  # -> 404
-        "bad_candidate",  # -> 400
-        "refused",  # registration refused
-        "overloaded",  # -> 503
-        "internal",  # -> 503 (never a 500 to the client)
-    }
-)
 
 
 # --- notifications (worker -> gateway) ------------------------------------------------------
@@ -160,7 +168,7 @@ class SessionState(_Msg, tag="session_state"):
 
     session_id: str
     room: str
-    state: str  # "connected" | "closed"
+    state: SessionStateName
     reason: str = ""
 
 
@@ -170,8 +178,7 @@ Message = (
     | Heartbeat
     | HeartbeatAck
     | Reregister
-    | OpenPublisher
-    | OpenSubscriber
+    | OpenSession
     | SessionAnswer
     | AddCandidates
     | CloseSession

@@ -8,11 +8,13 @@ its live rooms plus everything retired rooms counted, summed once per heartbeat.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeVar
 
 from ipc import messages as m
-from sfu.forward import ForwardingStats
+from sfu.media.stats import ForwardingStats
 from sfu.room import Room
-from sfu.session import PublisherSession, Session
+
+CountersT = TypeVar("CountersT", bound=m.Counters)
 
 
 def add_into(total: ForwardingStats, part: ForwardingStats) -> None:
@@ -28,24 +30,30 @@ def worker_totals(retired: ForwardingStats, rooms: Iterable[Room]) -> Forwarding
     return total
 
 
-def room_stats(room: Room, publisher: Session | None, closed: bool = False) -> m.RoomStats:
-    if isinstance(publisher, PublisherSession) and not publisher.closed:
+def with_counters(message: CountersT, stats: ForwardingStats) -> CountersT:
+    """`message` (a Heartbeat or a RoomStats) carrying the counters of `stats`."""
+    message.packets_in = stats.packets_in
+    message.bytes_in = stats.bytes_in
+    message.packets_out = stats.packets_out
+    message.bytes_out = stats.bytes_out
+    message.dropped_packets = stats.dropped
+    return message
+
+
+def room_stats(room: Room, closed: bool = False) -> m.RoomStats:
+    state: m.PublisherState = "none"
+    tracks: list[tuple[str, str]] = []
+    publisher = room.publisher
+    if publisher is not None and not publisher.closed:
         state = "connected" if publisher.connected else "connecting"
         tracks = [
             (kind, codec.mimeType.partition("/")[2]) for kind, codec in publisher.codecs.items()
         ]
-    else:
-        state, tracks = "none", []
-    stats = room.stats
-    return m.RoomStats(
+    message = m.RoomStats(
         name=room.name,
         publisher_state=state,
         tracks=sorted(tracks),
-        subscribers=len(room.subscriber_ids),
-        packets_in=stats.packets_in,
-        bytes_in=stats.bytes_in,
-        packets_out=stats.packets_out,
-        bytes_out=stats.bytes_out,
-        dropped_packets=stats.dropped,
+        subscribers=room.subscribers,
         closed=closed,
     )
+    return with_counters(message, room.stats)

@@ -11,9 +11,11 @@ from collections.abc import Collection
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from sfu.forward import CodecKey
+from sfu.codecs import CodecKey
 
 MAX_OFFER_MEDIA_SECTIONS = 16
+TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 _MDNS_CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ \S+\.local \d+ ", re.IGNORECASE)
 _HOST_CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ udp \d+ )(\S+)( \d+ typ host.*)$", re.I)
 _PROFILE_LEVEL_ID = re.compile(r"^[0-9a-fA-F]{6}\Z")
@@ -291,8 +293,11 @@ def echo_h264_levels(answer: str, description: aiortc_sdp.SessionDescription) ->
         levels: dict[int, str] = {}
         for codec in section.rtp.codecs:
             value = str(codec.parameters.get("profile-level-id", ""))
-            if codec.mimeType.lower() == "video/h264" and _PROFILE_LEVEL_ID.match(value):
-                levels[codec.payloadType] = value  # type: ignore[index]
+            payload_type = codec.payloadType
+            if payload_type is None or codec.mimeType.lower() != "video/h264":
+                continue
+            if _PROFILE_LEVEL_ID.match(value):
+                levels[payload_type] = value
         offered.append(levels)
     lines = []
     index = -1
@@ -404,4 +409,75 @@ def first_section_with(
                     return index
             except ValueError:
                 continue
+    return None
+
+
+# --- transport-cc in publishers' answers ---------------------------------------------------
+
+
+def negotiate_transport_cc(offer_sdp: str, answer_sdp: str) -> tuple[str, int | None]:
+    """Add transport-cc to the answer's audio/video sections where the offer asked for it.
+
+    aiortc drops transport-cc from its answers (it cannot produce the feedback; live-sfu
+    does, sfu.media.transport_cc). Returns the new answer and the transport-wide-cc
+    extension id (None when the offer did not ask for it). For each m-section, the offer's
+    extmap id is kept (as aiortc does for the extensions it knows) and
+    `a=rtcp-fb:<pt> transport-cc` is added for every answered payload type the offer listed
+    with transport-cc. Where transport-cc is added, abs-send-time is taken out: without it
+    aiortc's stock receiver sends no REMB, whose estimate (measured to hold Chromium near
+    250-450 kbit/s) would cap the browser's send-side estimate. Publishers that do not
+    offer transport-cc (OBS, ffmpeg) keep abs-send-time and aiortc's REMB.
+    """
+    _, offered = _split(offer_sdp)
+    answer_session, answered = _split(answer_sdp)
+    extension_id: int | None = None
+    out: list[str] = list(answer_session)
+    for index, section in enumerate(answered):
+        lines = [line for line in section if line]
+        if index >= len(offered):
+            out.extend(lines)
+            continue
+        offer_lines = offered[index]
+        offer_id = _extmap_id(offer_lines, TRANSPORT_CC_URI)
+        feedback_pts = {
+            line.split()[0].split(":", 1)[1]
+            for line in offer_lines
+            if line.startswith("a=rtcp-fb:") and line.split()[1:] == ["transport-cc"]
+        }
+        if offer_id is None or not feedback_pts or not lines[0].startswith(("m=audio", "m=video")):
+            out.extend(lines)
+            continue
+        answered_pts = lines[0].split()[3:]
+        added = [f"a=rtcp-fb:{pt} transport-cc" for pt in answered_pts if pt in feedback_pts]
+        if not added or _extmap_id(lines, TRANSPORT_CC_URI) is not None:
+            out.extend(lines)
+            continue
+        extension_id = offer_id
+        lines = [line for line in lines if not _is_extmap(line, ABS_SEND_TIME_URI)]
+        last_extmap = max(
+            (i for i, line in enumerate(lines) if line.startswith("a=extmap:")), default=0
+        )
+        lines = [
+            *lines[: last_extmap + 1],
+            f"a=extmap:{offer_id} {TRANSPORT_CC_URI}",
+            *lines[last_extmap + 1 :],
+        ]
+        out.extend(lines + added)
+    return "\r\n".join(out) + "\r\n", extension_id
+
+
+def _is_extmap(line: str, uri: str) -> bool:
+    parts = line.split()
+    return line.startswith("a=extmap:") and len(parts) >= 2 and parts[1] == uri
+
+
+def _extmap_id(lines: list[str], uri: str) -> int | None:
+    for line in lines:
+        if line.startswith("a=extmap:"):
+            parts = line[len("a=extmap:") :].split()
+            if len(parts) >= 2 and parts[1] == uri:
+                try:
+                    return int(parts[0].split("/")[0])
+                except ValueError:
+                    return None
     return None

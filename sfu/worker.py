@@ -1,4 +1,5 @@
-"""The worker process: serves the gateway's requests, owns rooms and sessions, heartbeats.
+"""The worker process: serves the gateway's requests, owns the rooms (which own their
+sessions and forwarders, sfu/room.py), reports to the gateway, heartbeats.
 
 Liveness is proven from the event loop itself: a heartbeat that is late means the loop is
 busy or hung, which is exactly what the gateway must notice. A worker whose gateway has
@@ -19,19 +20,13 @@ from dataclasses import dataclass
 from ipc import messages as m
 from ipc.channel import Channel, IpcError, RemoteFailure, dealer_channel
 from sfu import __version__
-from sfu.forward import ForwardingStats, InstantStart
-from sfu.recorder import Recorder, RecordingSettings, publisher_track_ids
-from sfu.room import Room
-from sfu.roomstats import add_into, room_stats, worker_totals
+from sfu.media.instant_start import InstantStart
+from sfu.media.stats import ForwardingStats
+from sfu.recording.recorder import Recorder, RecordingSettings, publisher_track_ids
+from sfu.room import Room, RoomRefusal
+from sfu.roomstats import add_into, room_stats, with_counters, worker_totals
 from sfu.sdp import ice_credentials
-from sfu.session import (
-    CapacityError,
-    OfferError,
-    PublisherSession,
-    Session,
-    SessionSettings,
-    SubscriberSession,
-)
+from sfu.session import CapacityError, OfferError, PublisherSession, Session, SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +56,6 @@ class Worker:
         self.retired_stats = ForwardingStats()
         self._closed_rooms: list[m.RoomStats] = []  # reported once, in the next heartbeat
         self.rooms: dict[str, Room] = {}
-        self.sessions: dict[str, Session] = {}
         self.channel: Channel = dealer_channel(config.connect, config.worker_id.encode())
         self.channel.on_request = self._serve
         self._stopping = asyncio.Event()
@@ -146,16 +140,11 @@ class Worker:
             closed_rooms = list(self._closed_rooms)
             heartbeat = m.Heartbeat(
                 rooms=sorted(self.rooms),
-                sessions=len(self.sessions),
+                sessions=self.session_count,
                 forwarded_packets_per_s=(totals.packets_out - packets_before) / wall,
                 cpu=(time.process_time() - cpu_before) / wall,
                 rss_bytes=_rss_bytes(),
                 loop_lag_s=max(now - scheduled, 0.0),
-                packets_in=totals.packets_in,
-                packets_out=totals.packets_out,
-                bytes_out=totals.bytes_out,
-                dropped_packets=totals.dropped,
-                bytes_in=totals.bytes_in,
                 ipc_round_trip_s=round_trip,
                 room_stats=[self._room_stats(room) for room in self.rooms.values()]
                 + closed_rooms,
@@ -165,6 +154,7 @@ class Worker:
                 recording_bytes=self.recorder.stats.bytes_written,
                 recording_write_errors=self.recorder.stats.write_errors,
             )
+            with_counters(heartbeat, totals)
             cpu_before, wall_before = time.process_time(), now
             packets_before = totals.packets_out
             try:
@@ -191,8 +181,18 @@ class Worker:
         return worker_totals(self.retired_stats, self.rooms.values())
 
     def _room_stats(self, room: Room, closed: bool = False) -> m.RoomStats:
-        publisher = self.sessions.get(room.publisher_id) if room.publisher_id else None
-        return room_stats(room, publisher, closed)
+        return room_stats(room, closed)
+
+    @property
+    def session_count(self) -> int:
+        return sum(len(room.sessions) for room in self.rooms.values())
+
+    def find_session(self, session_id: str) -> Session | None:
+        for room in self.rooms.values():
+            session = room.sessions.get(session_id)
+            if session is not None:
+                return session
+        return None
 
     def _parent_alive(self) -> bool:
         parent = self.config.parent_pid
@@ -201,12 +201,10 @@ class Worker:
     # --- requests from the gateway ------------------------------------------------------------
 
     async def _serve(self, peer: bytes, body: m.Message) -> m.Message:
-        if isinstance(body, m.OpenPublisher):
-            return await self._open(body.room, body.session_id, body.offer, PublisherSession)
-        if isinstance(body, m.OpenSubscriber):
-            return await self._open(body.room, body.session_id, body.offer, SubscriberSession)
+        if isinstance(body, m.OpenSession):
+            return await self._open(body)
         if isinstance(body, m.AddCandidates):
-            session = self.sessions.get(body.session_id)
+            session = self.find_session(body.session_id)
             if session is None:
                 return m.Failure("unknown_session", "no such session")
             try:
@@ -215,7 +213,7 @@ class Worker:
                 return m.Failure("bad_candidate", str(exc))
             return m.Done()
         if isinstance(body, m.CloseSession):
-            session = self.sessions.get(body.session_id)
+            session = self.find_session(body.session_id)
             if session is None:
                 return m.Failure("unknown_session", "no such session")
             await session.close("deleted")
@@ -223,88 +221,57 @@ class Worker:
         if isinstance(body, m.CloseRoom):
             room = self.rooms.get(body.room)
             if room is not None:
-                ids = [room.publisher_id, *room.subscriber_ids]
-                await asyncio.gather(
-                    *(self.sessions[i].close("room closed") for i in ids if i in self.sessions)
-                )
+                await room.close("room closed")
             return m.Done()
         return m.Failure("internal", f"a worker does not serve {type(body).__name__}")
 
-    async def _open(
-        self,
-        room_name: str,
-        session_id: str,
-        offer: str,
-        session_type: type[PublisherSession] | type[SubscriberSession],
-    ) -> m.Message:
-        if session_id in self.sessions:
+    async def _open(self, request: m.OpenSession) -> m.Message:
+        if self.find_session(request.session_id) is not None:
             return m.Failure("internal", "session id already in use")
         capacity = self.config.session_capacity
-        if capacity is not None and len(self.sessions) >= capacity:
+        if capacity is not None and self.session_count >= capacity:
             return m.Failure(
                 "overloaded", f"all UDP ports of this worker are in use ({capacity} sessions)"
             )
-        room = self.rooms.get(room_name)
-        if session_type is PublisherSession:
-            if room is not None and room.publisher_id is not None:
-                return m.Failure("publisher_exists", f"room {room_name!r} already has a publisher")
-        elif room is None or not room.codecs:
-            return m.Failure("no_room", f"room {room_name!r} has no publisher")
+        room = self.rooms.get(request.room)
         if room is None:
-            room = self.rooms[room_name] = Room(
-                room_name, ForwardingStats(), self.config.instant_start
+            if request.kind == "subscriber":
+                return m.Failure("no_room", f"room {request.room!r} has no publisher")
+            room = self.rooms[request.room] = Room(
+                request.room, self.config.session, self, self.config.instant_start
             )
-        session = session_type(
-            room, session_id, self.config.session, room.stats, self._on_state, self._on_closed
-        )
-        self.sessions[session_id] = session
-        if isinstance(session, PublisherSession):
-            room.publisher_id = session_id
-        else:
-            room.subscriber_ids.add(session_id)
         try:
-            answer = await session.open(offer)
+            session = room.open_session(request.kind, request.session_id)
+        except RoomRefusal as exc:
+            return m.Failure(exc.code, str(exc))
+        try:
+            answer = await session.open(request.offer)
             ufrag, pwd = ice_credentials(session.pc.localDescription.sdp)
         except BaseException as exc:
-            await self._discard(session)
+            await room.discard(session)
             if not isinstance(exc, Exception):
                 raise  # cancelled: the session is released all the same
             return _open_failure(session, exc)
         return m.SessionAnswer(answer=answer, ice_ufrag=ufrag, ice_pwd=pwd)
 
-    async def _discard(self, session: Session) -> None:
-        """A session that never got answered: release it without telling the gateway.
+    # --- what rooms report (RoomEvents) --------------------------------------------------
 
-        It leaves the room first, so that nothing aiortc raises while closing can keep a
-        half-open publisher in the room (which would refuse every later one with 409).
-        """
-        self._forget(session)
-        await session.abort()
-
-    # --- session events -----------------------------------------------------------------------
-
-    def _on_state(self, session: Session, state: str) -> None:
-        if state == "connected" and isinstance(session, PublisherSession):
+    def session_connected(self, session: Session) -> None:
+        if isinstance(session, PublisherSession):
             track_ids = publisher_track_ids(session.pc.getTransceivers(), session.codecs)
             self.recorder.publisher_connected(session.room, track_ids)
-        self._notify(m.SessionState(session.id, session.room.name, state))
+        self._notify(m.SessionState(session.id, session.room.name, "connected"))
 
-    def _on_closed(self, session: Session, reason: str) -> None:
-        self._forget(session)
+    def session_closed(self, session: Session, reason: str) -> None:
+        if isinstance(session, PublisherSession):
+            self.recorder.publisher_gone(session.room.name)
         self._notify(m.SessionState(session.id, session.room.name, "closed", reason))
 
-    def _forget(self, session: Session) -> None:
-        self.sessions.pop(session.id, None)
-        room = session.room
-        if room.publisher_id == session.id:
-            room.publisher_id = None
-            self.recorder.publisher_gone(room.name)
-        room.subscriber_ids.discard(session.id)
-        if room.empty and self.rooms.get(room.name) is room:
-            room.close()
+    def room_closed(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
-            add_into(self.retired_stats, room.stats)
-            self._closed_rooms.append(self._room_stats(room, closed=True))
+        add_into(self.retired_stats, room.stats)
+        self._closed_rooms.append(self._room_stats(room, closed=True))
 
     def _notify(self, body: m.Message) -> None:
         if self.channel.closed:
@@ -320,8 +287,8 @@ class Worker:
             log.info("could not notify the gateway: %s", exc)
 
     async def _close_all(self, reason: str) -> None:
-        sessions = list(self.sessions.values())
-        await asyncio.gather(*(s.close(reason) for s in sessions), return_exceptions=True)
+        rooms = list(self.rooms.values())
+        await asyncio.gather(*(room.close(reason) for room in rooms), return_exceptions=True)
 
 
 def _open_failure(session: Session, exc: Exception) -> m.Failure:

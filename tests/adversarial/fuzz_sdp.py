@@ -285,7 +285,7 @@ GSTREAMER_PUBLISH = _crlf(
     ]
 )
 
-# aiortc (tests/clients/peer.py): host candidates and end-of-candidates in the offer.
+# aiortc (testkit/client.py): host candidates and end-of-candidates in the offer.
 AIORTC_PUBLISH = _crlf(
     [
         "v=0",
@@ -954,7 +954,7 @@ def fragment_cases() -> st.SearchStrategy[FragmentCase]:
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SUMMARY_PATH = REPO / "bench" / "results" / "fuzz-summary.json"
-# 503 codes that say "capacity or availability, try again" (README, gateway/errors.py);
+# 503 codes that say "capacity or availability, try again" (README, gateway/http/errors.py);
 # "internal" is not one of them: it means the server failed on the input.
 AVAILABILITY_CODES = frozenset(
     {

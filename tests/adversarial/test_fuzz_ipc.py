@@ -8,12 +8,12 @@
     request with a response, register nobody, keep its real worker (same pid), leave the
     real session alone, and still publish afterwards.
 (b) A real worker (`python -m sfu --connect ...`) against a ROUTER this test binds: it is
-    welcomed as registry.py would welcome it, then gets fuzzed requests (OpenPublisher /
-    OpenSubscriber with fuzzed offers and names, AddCandidates with junk, closes of unknown
-    ids, requests it does not serve) and undecodable bytes. It must stay alive, keep
+    welcomed as registry.py would welcome it, then gets fuzzed requests (OpenSession of
+    publishers and subscribers with fuzzed offers and names, AddCandidates with junk, closes
+    of unknown ids, requests it does not serve) and undecodable bytes. It must stay alive, keep
     heartbeating, answer every request with a response of an allowed type (a Failure with a
     known code; `internal` only where the protocol says so), leak no session, and still
-    answer a valid OpenPublisher with a SessionAnswer afterwards.
+    answer a valid publisher's OpenSession with a SessionAnswer afterwards.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 
 from ipc import codec
 from ipc import messages as m
+from testkit.processes import GatewayProcess, start_gateway
 from tests.adversarial.fuzz_sdp import (
     PUBLISH_OFFERS,
     REPO,
@@ -54,7 +55,6 @@ from tests.adversarial.fuzz_sdp import (
     shown,
     write_summary,
 )
-from tests.conftest import GatewayProcess, start_gateway
 
 ADMIN_TOKEN = "fuzz-ipc-admin"
 WORKER_TOKEN = "fuzz-ipc-worker-secret"
@@ -80,7 +80,7 @@ ANSWER_TIMEOUT_S = 10.0
 # take over that worker's connection, which is the trusted IPC_DIR's business, not fuzzing).
 SOCKET_IDS = (b"fuzz-a", b"local-9", b"\xff\xfe\x01", b"y" * 255)
 # The requests a worker serves; anything else it answers with Failure("internal").
-WORKER_SERVES = (m.OpenPublisher, m.OpenSubscriber, m.AddCandidates, m.CloseSession, m.CloseRoom)
+WORKER_SERVES = (m.OpenSession, m.AddCandidates, m.CloseSession, m.CloseRoom)
 SUMMARY: dict[str, Any] = {}
 
 
@@ -120,7 +120,7 @@ def room_stats() -> st.SearchStrategy[m.RoomStats]:
     return st.builds(
         m.RoomStats,
         name=texts,
-        publisher_state=st.sampled_from(["none", "connecting", "connected", "bogus", ""]),
+        publisher_state=st.sampled_from(["none", "connecting", "connected"]),
         tracks=st.lists(st.tuples(texts, texts), max_size=3),
         subscribers=big_ints,
         packets_in=big_ints,
@@ -166,8 +166,13 @@ def any_message(session_ids: list[str], rooms: list[str]) -> st.SearchStrategy[m
         heartbeats(),
         st.just(m.HeartbeatAck()),
         st.just(m.Reregister()),
-        st.builds(m.OpenPublisher, room=room, session_id=session_id, offer=texts),
-        st.builds(m.OpenSubscriber, room=room, session_id=session_id, offer=texts),
+        st.builds(
+            m.OpenSession,
+            kind=st.sampled_from(["publisher", "subscriber"]),
+            room=room,
+            session_id=session_id,
+            offer=texts,
+        ),
         st.builds(m.SessionAnswer, answer=texts, ice_ufrag=texts, ice_pwd=texts),
         st.builds(
             m.AddCandidates,
@@ -179,20 +184,20 @@ def any_message(session_ids: list[str], rooms: list[str]) -> st.SearchStrategy[m
         st.builds(m.CloseSession, session_id=session_id),
         st.builds(m.CloseRoom, room=room),
         st.just(m.Done()),
-        st.builds(m.Failure, code=texts, message=texts),
+        st.builds(m.Failure, code=st.sampled_from(sorted(m.FAILURE_CODES)), message=texts),
         st.builds(
             m.SessionState,
             session_id=session_id,
             room=room,
-            state=st.one_of(st.sampled_from(["closed", "connected"]), texts),
+            state=st.sampled_from(["closed", "connected"]),
             reason=texts,
         ),
     )
 
 
 TAGS = [
-    "hello", "welcome", "heartbeat", "heartbeat_ack", "reregister", "open_publisher",
-    "open_subscriber", "session_answer", "add_candidates", "close_session", "close_room",
+    "hello", "welcome", "heartbeat", "heartbeat_ack", "reregister", "open_session",
+    "session_answer", "add_candidates", "close_session", "close_room",
     "done", "failure", "session_state", "bogus", "",
 ]  # fmt: skip
 
@@ -400,7 +405,7 @@ def _check_gateway_state(fz: GatewayUnderFuzz, what: str) -> None:
     workers = _workers(fz.gateway)
     ids = [(w["id"], w["pid"]) for w in workers]
     assert ids == [("local-0", fz.worker_pid)], f"workers are {ids} after {what}"
-    assert process_children(fz.gateway.proc.pid) == {fz.worker_pid}, what
+    assert process_children(fz.gateway.process.pid) == {fz.worker_pid}, what
     alive = http_request(fz.gateway.port, "GET", fz.victim_location)
     assert alive.status == 204, f"the real session is gone ({alive.label()}) after {what}"
     scraped = http_request(fz.gateway.port, "GET", "/metrics")
@@ -488,7 +493,7 @@ def test_gateway_survives_the_barrage(gateway_fuzz: GatewayUnderFuzz) -> None:
 
 
 class FakeGateway:
-    """A ROUTER that welcomes one worker the way gateway/registry.py does, answers its
+    """A ROUTER that welcomes one worker the way gateway/placement/registry.py does, answers its
     heartbeats, and sends it whatever the test wants; single-threaded, driven by pump()."""
 
     def __init__(self, endpoint: str) -> None:
@@ -616,7 +621,7 @@ def worker_fuzz(
             fake.pump(0.1)
         assert fake.heartbeats, log_path.read_text(errors="replace")
         live = "live-publisher"
-        answer = fake.request(m.OpenPublisher("live", live, VALID_PUBLISH))
+        answer = fake.request(m.OpenSession("publisher", "live", live, VALID_PUBLISH))
         assert isinstance(answer, m.SessionAnswer), answer
         state = WorkerUnderFuzz(fake, process, log_path, live, rooms_used={"live"})
         yield state
@@ -649,7 +654,7 @@ def allowed_worker_answer(request: m.Message, answer: m.Message) -> bool:
             # Only for the one thing a gateway never does: reuse a session id.
             return "already in use" in answer.message
         return True
-    if isinstance(request, m.OpenPublisher | m.OpenSubscriber):
+    if isinstance(request, m.OpenSession):
         return isinstance(answer, m.SessionAnswer)
     return isinstance(answer, m.Done)
 
@@ -672,8 +677,8 @@ def worker_requests(draw: st.DrawFn, fz: WorkerUnderFuzz) -> tuple[str, m.Messag
                 texts,
             )
         )
-        kind = m.OpenPublisher if choice == "open_pub" else m.OpenSubscriber
-        return choice, kind(room=room, session_id=session_id, offer=offer)
+        kind: m.SessionKind = "publisher" if choice == "open_pub" else "subscriber"
+        return choice, m.OpenSession(kind=kind, room=room, session_id=session_id, offer=offer)
     if choice == "candidates":
         # Not the live publisher's id: a candidate that closes a session would close it for
         # every later example (the fresh target session of the example is the usual one).
@@ -725,7 +730,7 @@ def _worker_example(fz: WorkerUnderFuzz, data: st.DataObject) -> None:
     target = None
     if data.draw(st.booleans(), label="fresh target session"):
         target = fz.fresh("t-")
-        answer = fake.request(m.OpenPublisher(fz.fresh("troom-"), target, VALID_PUBLISH))
+        answer = fake.request(m.OpenSession("publisher", fz.fresh("troom-"), target, VALID_PUBLISH))
         assert isinstance(answer, m.SessionAnswer), (answer, fz.log())
         fz.open_sessions.add(target)
     what, request = data.draw(worker_requests(fz), label="request")
@@ -746,23 +751,21 @@ def _worker_example(fz: WorkerUnderFuzz, data: st.DataObject) -> None:
     assert allowed_worker_answer(request, answer), (
         f"answered {answer!r}\nto {shown(repr(request), 3000)}"
     )
-    if isinstance(answer, m.SessionAnswer) and isinstance(
-        request, m.OpenPublisher | m.OpenSubscriber
-    ):
+    if isinstance(answer, m.SessionAnswer) and isinstance(request, m.OpenSession):
         fz.open_sessions.add(request.session_id)
         _close(fz, request.session_id, "answered fuzzed open")
     first_use = room_of(request) not in fz.rooms_used
     fz.rooms_used.add(room_of(request))
-    if isinstance(request, m.OpenPublisher | m.OpenSubscriber) and first_use:
+    if isinstance(request, m.OpenSession) and first_use:
         # The room takes a valid publisher now (no half-open session left behind).
         probe = fz.fresh("probe-")
-        again = fake.request(m.OpenPublisher(request.room, probe, VALID_PUBLISH))
+        again = fake.request(m.OpenSession("publisher", request.room, probe, VALID_PUBLISH))
         fz.open_sessions.add(probe)
         if not isinstance(again, m.SessionAnswer):
             fz.violated(f"room unusable after {type(request).__name__}", request, repr(again))
         assert isinstance(again, m.SessionAnswer), (
             f"after {shown(repr(request), 3000)}\n(answered {answer!r}) a valid "
-            f"OpenPublisher in the same room gets {again!r}"
+            f"publisher's OpenSession in the same room gets {again!r}"
         )
         _close(fz, probe, "probe")
     if target is not None:
@@ -789,11 +792,11 @@ def test_worker_survives_the_barrage(worker_fuzz: WorkerUnderFuzz) -> None:
     assert fz.process.poll() is None, fz.log()
     assert len(fake.heartbeats) - before >= 3, "heartbeats stopped"
     assert fake.hellos == 1, "the worker registered again"
-    answer = fake.request(m.OpenPublisher("after", "after-1", VALID_PUBLISH))
+    answer = fake.request(m.OpenSession("publisher", "after", "after-1", VALID_PUBLISH))
     assert isinstance(answer, m.SessionAnswer), answer
     # A room of its own: the barrage may legitimately have closed "live" (CloseRoom and
     # CloseSession are among the requests it sends).
-    viewer = fake.request(m.OpenSubscriber("after", "after-viewer", VALID_VIEW))
+    viewer = fake.request(m.OpenSession("subscriber", "after", "after-viewer", VALID_VIEW))
     assert isinstance(viewer, m.SessionAnswer), viewer
     for session_id in ("after-1", "after-viewer"):
         _close(fz, session_id, "after the barrage")

@@ -1,7 +1,7 @@
 """Property-based fuzzing of WHIP/WHEP offers and trickle PATCHes against a real gateway.
 
 One `python -m gateway` with two real local workers (module scope) and one real aiortc
-publisher (tests/clients/peer.py) in a live room. Hypothesis mutates offers as real clients
+publisher (testkit/client.py) in a live room. Hypothesis mutates offers as real clients
 write them (tests/adversarial/fuzz_sdp.py) and sends them as WHIP and WHEP POSTs, sends random
 bodies, and sends random trickle fragments to real sessions. Every example checks:
 
@@ -31,6 +31,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
+from testkit.processes import GatewayProcess, start_gateway
 from tests.adversarial.fuzz_sdp import (
     AVAILABILITY_CODES,
     PUBLISH_OFFERS,
@@ -50,7 +51,7 @@ from tests.adversarial.fuzz_sdp import (
     shown,
     write_summary,
 )
-from tests.conftest import GatewayProcess, PeerProcess, spawn_peer, start_gateway
+from tests.support.clients import PeerProcess, spawn_peer
 
 ADMIN_TOKEN = "fuzz-admin-token"
 SDP = "application/sdp"
@@ -162,7 +163,7 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
     try:
         _wait("two workers registered", lambda: len(_admin_workers(gateway)) == 2, 20, gateway)
         workers = frozenset(w["pid"] for w in _admin_workers(gateway))
-        assert process_children(gateway.proc.pid) == workers, gateway.log()
+        assert process_children(gateway.process.pid) == workers, gateway.log()
         publisher = spawn_peer(
             "publish",
             gateway.url,
@@ -239,7 +240,7 @@ def check_reply(state: Fuzz, endpoint: str, sent: bytes, reply: Reply) -> None:
 
 
 def check_workers(state: Fuzz, endpoint: str, sent: bytes) -> None:
-    before, now = state.workers, process_children(state.gateway.proc.pid)
+    before, now = state.workers, process_children(state.gateway.process.pid)
     if now != before:
         state.violated("worker restarted", endpoint, sent, f"{sorted(before)} -> {sorted(now)}")
         state.workers = now  # report the next crash against its own input
@@ -458,7 +459,7 @@ def test_after_the_barrage_everything_works_and_sessions_drain(fuzz: Fuzz) -> No
     assert http_request(fuzz.port, "GET", "/readyz").status == 200
     workers = _admin_workers(gateway)
     assert frozenset(w["pid"] for w in workers) == fuzz.workers, workers
-    assert process_children(gateway.proc.pid) == fuzz.workers
+    assert process_children(gateway.process.pid) == fuzz.workers
 
     # Every 10th room a fuzzed offer went to (and the last one) still takes a publisher.
     sample = fuzz.rooms[::10] + fuzz.rooms[-1:]

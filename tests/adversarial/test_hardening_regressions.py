@@ -25,10 +25,11 @@ import aiohttp
 import jwt
 import pytest
 
-from gateway.auth import Authenticator, InvalidToken
 from gateway.config import load_config
-from tests.conftest import GatewayProcess, PeerProcess
+from gateway.http.auth import Authenticator, InvalidToken
+from testkit.processes import GatewayProcess, worker_pids
 from tests.interop.sdp_offers import CHROME_AUDIO, CHROME_VIDEO, Section, browser_offer, only
+from tests.support.clients import PeerProcess
 
 SDP = {"Content-Type": "application/sdp"}
 # With these a gateway runs on its defaults against floods (the harness turns them off).
@@ -53,11 +54,6 @@ async def post(
 
 def error_code(body: str) -> str:
     return str(json.loads(body)["code"])
-
-
-def worker_pids(gateway: GatewayProcess) -> list[int]:
-    with open(f"/proc/{gateway.proc.pid}/task/{gateway.proc.pid}/children") as children:
-        return [int(pid) for pid in children.read().split()]
 
 
 # --- 1 and 2: offers aiortc cannot answer --------------------------------------------------
@@ -209,7 +205,7 @@ async def test_a_five_second_stall_keeps_the_room_and_its_viewers(
     assert seen["connected"], seen
     # At 15 fps, frames before the stall are at most ~40: more means playback went on after.
     assert seen["video_frames"] > 60, seen
-    assert worker_pids(gateway) == [worker]
+    assert worker_pids(gateway) == {worker}
     log = gateway.log(tail=100_000)
     assert "unresponsive" in log and "declared dead" not in log, log
     assert publisher.result(timeout=40)["connected"]
@@ -251,7 +247,7 @@ def test_sigterm_answers_a_request_whose_body_is_still_arriving(
     body = publisher_offer().encode()
     connection = _start_post(gateway.port, body, len(body) // 2)
     time.sleep(0.3)  # the handler is reading the body
-    gateway.proc.send_signal(signal.SIGTERM)
+    gateway.process.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     if finish_body:
         connection.sendall(body[len(body) // 2 :])
@@ -260,7 +256,7 @@ def test_sigterm_answers_a_request_whose_body_is_still_arriving(
     assert status == 503 and answer["code"] == "shutting_down", answer
     if not finish_body:
         assert time.monotonic() - started < 5.0  # the drain grace, not the 15 s body timeout
-    assert gateway.proc.wait(15) == 0
+    assert gateway.process.wait(15) == 0
 
 
 # --- 8: no IPC directory left behind -------------------------------------------------------------
@@ -271,10 +267,10 @@ def test_a_new_gateway_removes_the_ipc_directory_of_a_killed_one(
 ) -> None:
     tmp = Path(tempfile.gettempdir())
     killed = gateway_factory(workers=1)
-    own = [p for p in tmp.glob(f"sfu-gw-{killed.proc.pid}-*") if p.is_dir()]
+    own = [p for p in tmp.glob(f"sfu-gw-{killed.process.pid}-*") if p.is_dir()]
     assert len(own) == 1 and (own[0] / "gateway.sock").exists()
-    killed.proc.send_signal(signal.SIGKILL)
-    killed.proc.wait(10)
+    killed.process.send_signal(signal.SIGKILL)
+    killed.process.wait(10)
     # A live process's directory (this test's pid) must survive the sweep.
     alive = Path(tempfile.mkdtemp(prefix=f"sfu-gw-{os.getpid()}-"))
     try:

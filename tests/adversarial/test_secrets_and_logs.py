@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import jwt
 
-from tests.conftest import GatewayProcess
+from testkit.processes import GatewayProcess
 
 PROBE_TIMEOUT_S = 1.5  # per connection: a hostile request must be answered (or dropped) fast
 HOST = "Host: 127.0.0.1\r\n"
@@ -85,7 +85,7 @@ class Secrets:
         return jwt.encode(claims, self.jwt_secret, algorithm="HS256")
 
     def gateway_args(self) -> list[str]:
-        # S3 keys are accepted without UPLOAD_RECORDINGS (gateway/config.py _check_recording),
+        # S3 keys are accepted without UPLOAD_RECORDINGS (gateway/config.py _check_upload),
         # so they are configured, and must not leak, without any S3 server running.
         return [
             "--auth-token", self.auth_token,

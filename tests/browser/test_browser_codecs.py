@@ -22,9 +22,9 @@ from urllib.parse import urlencode
 import pytest
 from playwright.sync_api import Browser, Page
 
+from testkit.processes import start_gateway
 from tests.browser.pages import connected, open_page, poll, video_stats, wait_decoding
-from tests.clients.launch import spawn_aiortc_viewer
-from tests.conftest import PeerProcess, start_gateway
+from tests.support.clients import PeerProcess, spawn_interop_peer
 
 pytestmark = pytest.mark.browser
 
@@ -136,7 +136,7 @@ def test_chromium_publishes_codec_and_chromium_decodes_it(
     aiortc_viewer = None
     if case.aiortc_decodes:
         view_args = ("--seconds", "15", "--min-video-frames", "30", "--min-audio-frames", "1")
-        aiortc_viewer = spawn_aiortc_viewer(module_gateway, room, *view_args)
+        aiortc_viewer = spawn_interop_peer("view", module_gateway, room, *view_args)
         clients.append(aiortc_viewer)
 
     player = new_page(f"{module_gateway}/web/play.html?room={room}", console)

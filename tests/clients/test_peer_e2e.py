@@ -1,7 +1,7 @@
 """End to end through the real gateway + worker, with aiortc clients in separate processes.
 
 Each test starts `python -m gateway --workers 1`, one publisher and one or more viewers
-(tests/clients/peer.py), and checks what the viewers actually decoded.
+(testkit/client.py), and checks what the viewers actually decoded.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-# The `peers` fixture (tests/conftest.py) returns a PeerProcess; conftest is not importable.
-Spawn = Callable[..., Any]
+from tests.support.clients import PeerProcess
+
+Spawn = Callable[..., PeerProcess]
 
 
 def _room() -> str:

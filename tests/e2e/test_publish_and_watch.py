@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GatewayProcess, spawn_peer
+from testkit.processes import GatewayProcess
+from tests.support.clients import spawn_peer
 
 
 @pytest.mark.parametrize("video", ["vp8", "h264"])

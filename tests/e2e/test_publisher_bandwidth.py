@@ -1,7 +1,7 @@
 """A browser publisher ramps its bitrate up thanks to the SFU's transport-cc feedback.
 
 With only aiortc's REMB, Chromium's estimate grows ~8 % a second from 300 kbit/s (about
-450 kbit/s after 10 s); with transport-cc feedback (sfu.congestion) it probes and reaches
+450 kbit/s after 10 s); with transport-cc feedback (sfu.media.transport_cc) it probes and reaches
 its cap for the camera's resolution within seconds. The stats read are Chromium's own:
 its bandwidth estimate (candidate pair availableOutgoingBitrate) and its encoder's target.
 """
@@ -15,8 +15,7 @@ from collections.abc import Callable
 import pytest
 from playwright.sync_api import BrowserContext
 
-from tests.browser.conftest import browser_context  # noqa: F401 - the fixture
-from tests.conftest import GatewayProcess
+from testkit.processes import GatewayProcess
 
 pytestmark = pytest.mark.browser
 
@@ -40,7 +39,7 @@ async () => {
 
 def test_chromium_publisher_ramps_up_its_bitrate(
     gateway_factory: Callable[..., GatewayProcess],
-    browser_context: BrowserContext,  # noqa: F811 - the imported fixture
+    browser_context: BrowserContext,
 ) -> None:
     gateway = gateway_factory(workers=1)
     page = browser_context.new_page()

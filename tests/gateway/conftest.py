@@ -1,4 +1,5 @@
-"""Fixtures for the gateway tests (helpers live in gateway_testkit.py)."""
+"""Fixtures for the gateway tests: hand-started workers, an HTTP session, a shared bare
+gateway (gateways come from tests/conftest.py's gateway_factory)."""
 
 from __future__ import annotations
 
@@ -7,41 +8,24 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from gateway_testkit import GatewayProcess, RealWorker, http_status, wait_sync
+
+from testkit.processes import GatewayProcess, RemoteWorker, start_gateway
 
 
 @pytest.fixture
-def processes() -> Iterator[list[GatewayProcess | RealWorker]]:
-    started: list[GatewayProcess | RealWorker] = []
-    yield started
-    for process in reversed(started):
-        process.stop()
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., RemoteWorker]]:
+    """start_worker(connect, worker_id, *extra): a real `python -m sfu` worker started by hand
+    (a "remote" worker); all are killed at teardown."""
+    started: list[RemoteWorker] = []
 
-
-@pytest.fixture
-def start_gateway(
-    tmp_path: Path, processes: list[GatewayProcess | RealWorker]
-) -> Callable[..., GatewayProcess]:
-    def start(*args: str, env: dict[str, str] | None = None) -> GatewayProcess:
-        gateway = GatewayProcess(tmp_path, list(args), env)
-        processes.append(gateway)
-        return gateway
-
-    return start
-
-
-@pytest.fixture
-def start_worker(
-    tmp_path: Path, processes: list[GatewayProcess | RealWorker]
-) -> Callable[..., RealWorker]:
-    """A real `python -m sfu` worker started by hand (a "remote" worker)."""
-
-    def start(connect: str, worker_id: str, *extra: str) -> RealWorker:
-        worker = RealWorker(tmp_path, connect, worker_id, *extra)
-        processes.append(worker)
+    def start(connect: str, worker_id: str, *extra: str) -> RemoteWorker:
+        worker = RemoteWorker(tmp_path, connect, worker_id, *extra)
+        started.append(worker)
         return worker
 
-    return start
+    yield start
+    for worker in reversed(started):
+        worker.stop()
 
 
 @pytest.fixture
@@ -53,14 +37,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture(scope="module")
 def bare_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """A gateway without any worker, shared by a module: the checks on it change nothing."""
-    gateway = GatewayProcess(tmp_path_factory.mktemp("bare"), ["--workers", "0"], None)
-    wait_sync(
-        lambda: gateway.process.poll() is not None or _healthy(gateway), 15, "a healthy gateway"
-    )
-    assert gateway.process.poll() is None, gateway.log()
+    gateway = start_gateway(tmp_path_factory.mktemp("bare"), workers=0, wait="/healthz")
     yield gateway
     gateway.stop()
-
-
-def _healthy(gateway: GatewayProcess) -> bool:
-    return http_status(gateway.url + "/healthz") == 200

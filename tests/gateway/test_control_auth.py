@@ -17,7 +17,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from gateway_testkit import OFFER, GatewayProcess, start_healthy_gateway
+from multidict import CIMultiDictProxy
+
+from testkit.processes import GatewayProcess, start_gateway
+from tests.support.sdp import OFFER
 
 JWT_SECRET = "a-jwt-secret-of-at-least-32-bytes!!"
 AUDIENCE = "live-sfu"
@@ -65,7 +68,7 @@ def unsigned_jwt(claims: dict[str, Any]) -> str:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    process = start_healthy_gateway(tmp_path_factory.mktemp("auth"), ["--workers", "0"], ENV)
+    process = start_gateway(tmp_path_factory.mktemp("auth"), workers=0, env=ENV, wait="/healthz")
     yield process
     process.stop()
 
@@ -73,7 +76,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 @pytest.fixture(scope="module")
 def open_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """No credential configured at all: live-webrtc-go's open server."""
-    process = start_healthy_gateway(tmp_path_factory.mktemp("open"), ["--workers", "0"])
+    process = start_gateway(tmp_path_factory.mktemp("open"), workers=0, wait="/healthz")
     yield process
     process.stop()
 
@@ -84,7 +87,7 @@ def bearer(token: str) -> dict[str, str]:
 
 async def publish_status(
     http: aiohttp.ClientSession, gateway: GatewayProcess, room: str, headers: dict[str, str]
-) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
+) -> tuple[int, dict[str, Any], CIMultiDictProxy[str]]:
     url = f"{gateway.url}/api/whip/publish/{room}"
     async with http.post(url, data=OFFER, headers={**SDP, **headers}) as response:
         return response.status, await response.json(), response.headers

@@ -11,10 +11,13 @@ from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
-from gateway_testkit import GatewayProcess, load_media, start_healthy_gateway
+from aiortc import RTCPeerConnection
+from multidict import CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 
-media = load_media()
+from testkit.client import new_pc, publisher_offer, viewer_offer
+from testkit.processes import GatewayProcess, start_gateway
+
 SLOW = {"RATE_LIMIT_RPS": "0.01", "RATE_LIMIT_BURST": "2"}
 SDP = {"Content-Type": "application/sdp"}
 
@@ -22,7 +25,7 @@ SDP = {"Content-Type": "application/sdp"}
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """Rate limited, no trusted proxy: X-Forwarded-For must be ignored."""
-    process = start_healthy_gateway(tmp_path_factory.mktemp("rl"), ["--workers", "0"], SLOW)
+    process = start_gateway(tmp_path_factory.mktemp("rl"), workers=0, env=SLOW, wait="/healthz")
     yield process
     process.stop()
 
@@ -31,14 +34,14 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 def behind_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """Rate limited behind a trusted proxy (the test itself, on 127.0.0.1)."""
     env = {**SLOW, "TRUSTED_PROXIES": "127.0.0.1/32"}
-    process = start_healthy_gateway(tmp_path_factory.mktemp("rlp"), ["--workers", "0"], env)
+    process = start_gateway(tmp_path_factory.mktemp("rlp"), workers=0, env=env, wait="/healthz")
     yield process
     process.stop()
 
 
 async def status_of(
     http: aiohttp.ClientSession, url: str, method: str = "GET", **headers: str
-) -> tuple[int, aiohttp.typedefs.LooseHeaders, str]:
+) -> tuple[int, CIMultiDictProxy[str], str]:
     async with http.request(method, url, headers=headers) as response:
         return response.status, response.headers, await response.text()
 
@@ -110,18 +113,18 @@ def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]
         "MAX_SESSIONS_PER_WORKER": "2",
         "MAX_PENDING_SESSIONS": "3",
     }
-    args = ["--workers", "2", "--bind-addresses", "127.0.0.1"]
-    process = start_healthy_gateway(tmp_path_factory.mktemp("caps"), args, env, ready=True)
+    args = ["--bind-addresses", "127.0.0.1"]
+    process = start_gateway(tmp_path_factory.mktemp("caps"), workers=2, args=args, env=env)
     yield process
     process.stop()
 
 
 @pytest.fixture
-async def peer_connections() -> AsyncIterator[list[object]]:
-    pcs: list[object] = []
+async def peer_connections() -> AsyncIterator[list[RTCPeerConnection]]:
+    pcs: list[RTCPeerConnection] = []
     yield pcs
     for pc in pcs:
-        await pc.close()  # type: ignore[attr-defined]
+        await pc.close()
 
 
 async def test_session_caps(
@@ -139,13 +142,13 @@ async def test_session_caps(
     await wait_both_workers()
 
     async def create(kind: str, room: str, client: str) -> tuple[int, str, str]:
-        pc = media.new_pc()
+        pc = new_pc()
         peer_connections.append(pc)
         if kind == "whip":
-            offer = await media.publisher_offer(pc)
+            offer = await publisher_offer(pc)
             path = f"/api/whip/publish/{room}"
         else:
-            offer, _counter = await media.viewer_offer(pc)
+            offer = await viewer_offer(pc)
             path = f"/api/whep/play/{room}"
         headers = {**SDP, "X-Forwarded-For": client}
         async with http.post(capped.url + path, data=offer, headers=headers) as response:

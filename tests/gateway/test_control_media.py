@@ -1,5 +1,5 @@
 """The control API and /metrics against real media: aiortc publisher and viewer processes
-(tests/clients/peer.py) through a real gateway and worker.
+(testkit/client.py) through a real gateway and worker.
 
 /metrics is parsed with prometheus-client's own parser and compared with the packet counts
 the peers report from their own getStats().
@@ -15,10 +15,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gateway_testkit import GatewayProcess, load_media, start_healthy_gateway, worker_pids
 from prometheus_client.parser import text_string_to_metric_families
 
-media = load_media()
+from testkit.client import new_pc, publisher_offer
+from testkit.processes import GatewayProcess, start_gateway, worker_pids
+
 TOKEN = "media-token"
 ADMIN = {"Authorization": "Bearer admin-token"}
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -27,8 +28,8 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     env = {"AUTH_TOKEN": TOKEN, "ADMIN_TOKEN": "admin-token"}
-    args = ["--workers", "1", "--bind-addresses", "127.0.0.1"]
-    process = start_healthy_gateway(tmp_path_factory.mktemp("media"), args, env, ready=True)
+    args = ["--bind-addresses", "127.0.0.1"]
+    process = start_gateway(tmp_path_factory.mktemp("media"), workers=1, args=args, env=env)
     yield process
     process.stop()
 
@@ -203,9 +204,9 @@ async def test_session_urls_are_authorised_by_the_session_itself(
 ) -> None:
     """The Location URL is the capability: no token needed, and none can replace it."""
     await wait_for(lambda: http_ok(http, gateway.url + "/readyz"), "readiness")
-    pc = media.new_pc()
+    pc = new_pc()
     try:
-        offer = await media.publisher_offer(pc)
+        offer = await publisher_offer(pc)
         url = gateway.url + "/api/whip/publish/session-room"
         headers = {"Content-Type": "application/sdp"}
         async with http.post(url, data=offer, headers=headers) as response:

@@ -14,8 +14,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from gateway_testkit import GatewayProcess, free_port, wait_sync
 from prometheus_client.parser import text_string_to_metric_families
+
+from testkit.processes import GatewayProcess, pick_free_port, start_gateway, wait_sync
 
 
 def write_self_signed(directory: Path) -> tuple[Path, Path]:
@@ -61,13 +62,13 @@ class TlsGateway:
 def tls_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsGateway]:
     directory = tmp_path_factory.mktemp("tls")
     cert, key = write_self_signed(directory)
-    metrics_port = free_port()
+    metrics_port = pick_free_port()
     env = {
         "TLS_CERT_FILE": str(cert),
         "TLS_KEY_FILE": str(key),
         "METRICS_ADDR": f"127.0.0.1:{metrics_port}",
     }
-    process = GatewayProcess(directory, ["--workers", "0"], env)
+    process = start_gateway(directory, workers=0, env=env, wait=None)
     gateway = TlsGateway(process, cert, metrics_port)
 
     def up() -> bool:

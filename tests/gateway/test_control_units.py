@@ -10,16 +10,17 @@ import ipaddress
 
 import msgspec
 import pytest
-from gateway_testkit import run_gateway_cli
 
-from gateway.api import ice_servers, turn_credentials
-from gateway.app import ice_server_links, redact_target
 from gateway.config import load_config
-from gateway.directory import Directory, WorkerInfo
+from gateway.http.access_log import redact_target
+from gateway.http.control import ice_servers, turn_credentials
+from gateway.http.ratelimit import TokenBuckets, client_address, client_key
+from gateway.http.whip_whep import ice_server_links
 from gateway.metrics import TrafficTotals
-from gateway.ratelimit import TokenBuckets, client_address, client_key
+from gateway.placement.directory import Directory, WorkerInfo
 from ipc import codec
 from ipc.messages import Frame, Heartbeat, RoomStats
+from testkit.processes import run_gateway_cli
 
 
 class FakeClock:
@@ -126,22 +127,23 @@ def test_turn_rest_credentials_follow_the_coturn_scheme() -> None:
         ["--workers", "0"],
         environ={"TURN_URLS": "turn:t.example:3478", "TURN_SECRET": "s3cret", "TURN_TTL": "600"},
     )
-    credentials = turn_credentials(config, "demo", now=1_700_000_000)
+    credentials = turn_credentials(config.ice, "demo", now=1_700_000_000)
     assert credentials is not None
     username, credential = credentials
     assert username == "1700000600:demo"
     mac = hmac.new(b"s3cret", username.encode(), hashlib.sha1).digest()
     assert credential == base64.b64encode(mac).decode()
     # The Link header and iceServers carry them, never the secret itself.
-    links = ice_server_links(config, "demo")
+    links = ice_server_links(config.ice, "demo")
     assert "s3cret" not in "".join(links)
     assert 'username="' in links[-1] and ":demo" in links[-1]
-    servers = ice_servers(config, "demo", with_turn=True)
+    servers = ice_servers(config.ice, "demo", with_turn=True)
     assert servers[-1]["urls"] == ["turn:t.example:3478"]
     assert servers[-1]["username"].endswith(":demo")
     # A caller not allowed in the room gets STUN only.
-    assert all("turn:" not in link for link in ice_server_links(config, "demo", with_turn=False))
-    assert ice_servers(config, "demo", with_turn=False) == [
+    stun_only = ice_server_links(config.ice, "demo", with_turn=False)
+    assert all("turn:" not in link for link in stun_only)
+    assert ice_servers(config.ice, "demo", with_turn=False) == [
         {"urls": ["stun:stun.l.google.com:19302"]}
     ]
 
@@ -252,14 +254,16 @@ def test_control_settings_parse() -> None:
             "JWT_ALGORITHMS": "hs256,HS512",
         },
     )
-    assert config.room_tokens == {"vip": "a:b:c", "other": "tok"}
-    assert config.allowed_origin == ["https://app.example", "http://localhost:3000"]
-    assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8", "192.0.2.1/32", "fd00::/8"]
-    assert config.rate_limit_rps == 10.5
-    assert config.metrics_addr is not None and config.metrics_addr.port == 9100
-    assert config.jwt_algorithms == ["HS256", "HS512"]
-    assert config.auth_enabled
-    assert not load_config(["--workers", "0"], environ={}).auth_enabled
+    assert config.auth.room_tokens == {"vip": "a:b:c", "other": "tok"}
+    assert config.http.allowed_origin == ["https://app.example", "http://localhost:3000"]
+    proxies = config.limits.trusted_proxies
+    assert [str(n) for n in proxies] == ["10.0.0.0/8", "192.0.2.1/32", "fd00::/8"]
+    assert config.limits.rate_limit_rps == 10.5
+    metrics_addr = config.observability.metrics_addr
+    assert metrics_addr is not None and metrics_addr.port == 9100
+    assert config.auth.jwt_algorithms == ["HS256", "HS512"]
+    assert config.auth.enabled
+    assert not load_config(["--workers", "0"], environ={}).auth.enabled
 
 
 @pytest.mark.parametrize(

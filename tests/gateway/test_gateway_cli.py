@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from gateway_testkit import REPO, child_env, run_gateway_cli
 
-from gateway.config import SETTINGS
+from gateway.settings import SETTINGS
+from testkit.processes import REPO, child_env, run_gateway_cli
 
 ENV_NAMES = [s.env for s in SETTINGS]
 
@@ -73,8 +73,8 @@ def test_environment_variables_are_used(tmp_path: Path) -> None:
 
 def test_gateway_never_imports_media_packages() -> None:
     code = (
-        "import sys, gateway, gateway.__main__, gateway.app, gateway.registry, "
-        "gateway.supervisor\n"
+        "import sys, gateway, gateway.__main__, gateway.http.app, gateway.placement.registry, "
+        "gateway.placement.supervisor\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('aiortc', 'av', 'sfu'))\n"
         "print(bad)\n"
     )

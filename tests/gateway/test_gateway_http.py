@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import quote
 
 import aiohttp
 import pytest
-from gateway_testkit import OFFER, GatewayProcess
+
+from testkit.processes import GatewayProcess
+from tests.support.sdp import OFFER
 
 SDP = {"Content-Type": "application/sdp"}
 ENDPOINTS = ["/api/whip/publish/room1", "/api/whep/play/room1"]
@@ -18,7 +20,7 @@ CORS_EXPOSED = {"location", "etag", "link", "accept-patch", "accept-post"}
 async def assert_json_error(response: aiohttp.ClientResponse, status: int) -> dict[str, str]:
     assert response.status == status, await response.text()
     assert response.content_type == "application/json"
-    body = await response.json()
+    body: dict[str, str] = await response.json()
     assert isinstance(body["error"], str) and body["error"]
     assert isinstance(body["code"], str) and body["code"]
     assert "Traceback" not in body["error"]
@@ -104,7 +106,7 @@ async def test_oversized_body_is_413(
 async def test_oversized_chunked_body_is_413(
     bare_gateway: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(20):
             yield b"a" * 65536
 
@@ -192,12 +194,12 @@ async def test_options_on_session_url(
 
 
 async def test_turn_servers_appear_with_credentials(
-    start_gateway: object, http: aiohttp.ClientSession
+    gateway_factory: Callable[..., GatewayProcess], http: aiohttp.ClientSession
 ) -> None:
-    gateway = start_gateway(  # type: ignore[operator]
-        "--workers",
-        "0",
+    gateway = gateway_factory(
+        workers=0,
         env={"TURN_URLS": "turn:turn.example:3478", "TURN_USERNAME": "u", "TURN_PASSWORD": "p"},
+        wait=None,
     )
     await gateway.wait_healthy()
     async with http.options(gateway.url + ENDPOINTS[1]) as response:
@@ -267,7 +269,7 @@ async def test_unknown_api_path_is_json_404(
         await assert_json_error(response, 404)
 
 
-async def test_sigterm_stops_cleanly(start_gateway: Callable[..., GatewayProcess]) -> None:
-    gateway = start_gateway("--workers", "0")  # its own: bare_gateway is shared by the module
+async def test_sigterm_stops_cleanly(gateway_factory: Callable[..., GatewayProcess]) -> None:
+    gateway = gateway_factory(workers=0, wait=None)  # its own: bare_gateway is shared
     await gateway.wait_healthy()
     assert gateway.stop() == 0

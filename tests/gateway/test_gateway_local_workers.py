@@ -11,12 +11,13 @@ from collections.abc import Callable
 
 import aiohttp
 import pytest
-from gateway_testkit import OFFER, REPO, GatewayProcess, wait_until
+
+from testkit.processes import REPO, GatewayProcess, process_gone, wait_until
+from tests.support.sdp import OFFER
 
 pytestmark = pytest.mark.skipif(
     not (REPO / "sfu" / "__main__.py").exists(), reason="the sfu worker is not there"
 )
-PEER = REPO / "tests" / "clients" / "peer.py"
 SDP = {"Content-Type": "application/sdp"}
 
 
@@ -38,10 +39,10 @@ def worker_pid(gateway: GatewayProcess, slot: int = 0) -> int:
 
 
 async def local_gateway(
-    start_gateway: Callable[..., GatewayProcess], http: aiohttp.ClientSession, *args: str
+    gateway_factory: Callable[..., GatewayProcess], http: aiohttp.ClientSession, *args: str
 ) -> GatewayProcess:
-    gateway = start_gateway(
-        "--workers", "1", "--bind-addresses", "127.0.0.1", "--stun-urls", "", *args
+    gateway = gateway_factory(
+        workers=1, args=["--bind-addresses", "127.0.0.1", "--stun-urls", "", *args], wait=None
     )
     await gateway.wait_healthy()
     await ready(http, gateway, within=20)
@@ -50,12 +51,12 @@ async def local_gateway(
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
 async def test_dead_local_worker_is_replaced(
-    start_gateway: Callable[..., GatewayProcess],
+    gateway_factory: Callable[..., GatewayProcess],
     http: aiohttp.ClientSession,
     how: signal.Signals,
 ) -> None:
     # A stopped worker is unresponsive after WORKER_TIMEOUT and dead after this.
-    gateway = await local_gateway(start_gateway, http, "--worker-dead-timeout", "1.5")
+    gateway = await local_gateway(gateway_factory, http, "--worker-dead-timeout", "1.5")
     first = worker_pid(gateway)
     url = gateway.url + "/api/whip/publish/r"
     async with http.post(url, data=OFFER, headers=SDP) as response:
@@ -74,23 +75,13 @@ async def test_dead_local_worker_is_replaced(
             assert r.status == 404
     await wait_until(lambda: worker_pid(gateway) != first, 15, "a replacement worker")
     await ready(http, gateway, within=5)
-    await wait_until(lambda: _gone(first), 5, "the old worker to be reaped")
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # A zombie is gone for our purposes only once its parent reaped it.
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split()[2] == "Z"
+    await wait_until(lambda: process_gone(first), 5, "the old worker to be reaped")
 
 
 async def test_stop_leaves_no_worker_behind(
-    start_gateway: Callable[..., GatewayProcess], http: aiohttp.ClientSession
+    gateway_factory: Callable[..., GatewayProcess], http: aiohttp.ClientSession
 ) -> None:
-    gateway = await local_gateway(start_gateway, http)
+    gateway = await local_gateway(gateway_factory, http)
     pid = worker_pid(gateway)
     assert gateway.stop() == 0
-    await wait_until(lambda: _gone(pid), 6, "the worker to exit with the gateway")
+    await wait_until(lambda: process_gone(pid), 6, "the worker to exit with the gateway")

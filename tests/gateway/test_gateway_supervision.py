@@ -8,33 +8,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 
-from tests.conftest import GatewayProcess
-
-
-def _children(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found.update(int(child) for child in text)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+from testkit.processes import GatewayProcess, process_gone, worker_pids
 
 
 def test_worker_failing_at_boot_is_retried_with_backoff(
     gateway_factory: Callable[..., GatewayProcess],
 ) -> None:
-    # The workers read GATEWAY_TIMEOUT themselves; an invalid value makes every one of
-    # them exit 2 at boot while the gateway itself runs fine.
-    gateway = gateway_factory(workers=1, env={"GATEWAY_TIMEOUT": "abc"}, wait=False)
+    # Two ports for three addresses: fine for the gateway (two per worker), but a worker
+    # needs a port per address for its first session, so every one of them exits 2 at boot
+    # while the gateway itself runs fine.
+    env = {"UDP_PORTS": "40000-40001", "BIND_ADDRESSES": "127.0.0.1,127.0.0.2,127.0.0.3"}
+    gateway = gateway_factory(workers=1, env=env, wait=None)
     time.sleep(4.5)
     starts = gateway.log().count("started local-0")
     # Backoff 1 s, 2 s, ...: at most the first start plus two retries in 4.5 s.
@@ -51,11 +36,11 @@ def test_workers_exit_when_their_gateway_is_killed(
     gateway_factory: Callable[..., GatewayProcess],
 ) -> None:
     gateway = gateway_factory(workers=1)
-    workers = _children(gateway.proc.pid)
+    workers = worker_pids(gateway)
     assert len(workers) == 1
-    os.kill(gateway.proc.pid, signal.SIGKILL)  # the gateway alone, not its process group
-    gateway.proc.wait(5)
+    os.kill(gateway.process.pid, signal.SIGKILL)  # the gateway alone, not its process group
+    gateway.process.wait(5)
     deadline = time.monotonic() + 5
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+    while not all(process_gone(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(pid) for pid in workers), "a worker outlived its gateway"
+    assert all(process_gone(pid) for pid in workers), "a worker outlived its gateway"

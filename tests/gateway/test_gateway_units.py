@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from typing import cast
+
 import pytest
 
-from gateway.app import etag_matches, ice_server_links, new_etag, new_session_id
-from gateway.config import HttpAddress, load_config, parse_http_addr, split_port_range
-from gateway.directory import (
+from common import worker_settings
+from common.worker_settings import load_worker_settings
+from gateway import settings as gateway_settings
+from gateway.config import load_config
+from gateway.http.errors import from_remote_failure
+from gateway.http.whip_whep import etag_matches, ice_server_links, new_etag, new_session_id
+from gateway.placement.directory import (
     Directory,
     NoLiveWorker,
     PublisherExists,
@@ -14,10 +22,18 @@ from gateway.directory import (
     SubscriberLimitReached,
     WorkerInfo,
 )
-from gateway.errors import from_remote_failure
+from gateway.placement.supervisor import (
+    Slot,
+    backoff_delay,
+    local_worker_settings,
+    split_port_range,
+    worker_command,
+    worker_environment,
+)
 from gateway.sdpfrag import parse_sdpfrag, summarize_offer
-from gateway.supervisor import Slot, backoff_delay, worker_command
+from gateway.settings import HttpAddress, parse_http_addr
 from ipc.channel import RemoteFailure
+from ipc.messages import FailureCode
 
 FRAGMENT = (
     "a=ice-options:trickle ice2\r\n"
@@ -211,12 +227,66 @@ def test_worker_command_omits_empty_flags() -> None:
     assert command[command.index("--session-connect-timeout") + 1] == "30"
 
 
+def test_worker_command_is_read_back_by_the_worker_table() -> None:
+    """What the supervisor writes, the worker parses back to the same settings: every worker
+    setting the gateway has, TRANSPORT_CC included, travels on the command line."""
+    config = load_config(
+        ["--workers", "1"],
+        environ={
+            "TRANSPORT_CC": "false",
+            "INSTANT_START_MAX_BYTES": "2048",
+            "GATEWAY_TIMEOUT": "2.5",
+            "SESSION_CONNECT_TIMEOUT": "0.1",
+            "PUBLIC_IP": "192.0.2.7",
+            "BIND_ADDRESSES": "127.0.0.1,::1",
+            "RECORD_ENABLED": "1",
+            "LOG_LEVEL": "debug",
+        },
+    )
+    slot = Slot(0, (40000, 40009))
+    expected = local_worker_settings(config, slot, "ipc:///tmp/x/gateway.sock")
+    command = worker_command(config, slot, "ipc:///tmp/x/gateway.sock")
+    assert load_worker_settings(command[3:], environ={}) == expected
+    assert not expected.transport_cc and expected.instant_start_max_bytes == 2048
+    assert expected.gateway_timeout == 2.5 and expected.session_connect_timeout == 0.1
+    assert os.path.isabs(expected.record_dir) and expected.parent_pid == os.getpid()
+
+
+def test_worker_settings_reach_workers_only_on_their_command_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("TRANSPORT_CC", "GATEWAY_TIMEOUT", "SFU_CONNECT", "JWT_SECRET", "WORKER_TOKEN"):
+        monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    env = worker_environment()
+    assert env["LANG"] == "C.UTF-8" and "PYTHONPATH" in env
+    assert not {"TRANSPORT_CC", "GATEWAY_TIMEOUT", "SFU_CONNECT", "JWT_SECRET"} & set(env)
+    assert "WORKER_TOKEN" not in env
+
+
+def test_one_definition_of_each_worker_setting() -> None:
+    """The gateway's table uses the worker's settings (as it describes them), and the typed
+    WorkerSettings has one field per worker setting."""
+    worker_by_env = {setting.env: setting for setting in worker_settings.SETTINGS}
+    for setting in gateway_settings.SETTINGS:
+        mine = worker_by_env.get(setting.env)
+        if mine is not None:
+            assert (setting.name, setting.default, setting.parse, setting.format) == (
+                mine.name,
+                mine.default,
+                mine.parse,
+                mine.format,
+            ), setting.env
+    fields = [field.name for field in dataclasses.fields(worker_settings.WorkerSettings)]
+    assert fields == [setting.name for setting in worker_settings.SETTINGS]
+
+
 def test_ice_server_links() -> None:
     config = load_config(
         ["--turn-urls", "turn:t.example:3478,turns:t.example:5349"],
         environ={"TURN_USERNAME": "user", "TURN_PASSWORD": 'p"w'},
     )
-    links = ice_server_links(config)
+    links = ice_server_links(config.ice)
     assert links[0] == '<stun:stun.l.google.com:19302>; rel="ice-server"'
     assert links[1] == (
         '<turn:t.example:3478>; rel="ice-server"; username="user"; credential="p\\"w"; '
@@ -256,7 +326,8 @@ def test_etags_and_ids() -> None:
     ],
 )
 def test_worker_failure_codes_map_to_http(code: str, status: int) -> None:
-    error = from_remote_failure(RemoteFailure(code, "worker detail"))
+    # "something_new" is no FailureCode: a newer worker's code must still map to a status.
+    error = from_remote_failure(RemoteFailure(cast(FailureCode, code), "worker detail"))
     assert error.status == status
     if status == 503:
         assert error.headers["Retry-After"] == "2"

@@ -15,39 +15,34 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import aiohttp
 import pytest
-from gateway_testkit import (
-    PEER,
-    REPO,
+from aiortc import RTCPeerConnection
+from multidict import CIMultiDict
+
+from ipc import messages as m
+from ipc.channel import RemoteFailure, dealer_channel
+from testkit.client import new_pc, publisher_offer, viewer_offer
+from testkit.processes import (
     GatewayProcess,
-    RealWorker,
-    candidate_ports,
-    child_env,
-    free_port,
-    load_media,
-    only_codec,
+    RemoteWorker,
+    pick_free_port,
     process_gone,
+    start_gateway,
     udp_port_owner,
-    wait_ready_sync,
     wait_sync,
     wait_until,
     worker_id_of,
     worker_pids,
 )
-from multidict import CIMultiDict
-
-from ipc import messages as m
-from ipc.channel import RemoteFailure, dealer_channel
-
-media = load_media()
+from tests.support.clients import spawn_peer
+from tests.support.sdp import candidate_ports, only_codec
 
 SDP = {"Content-Type": "application/sdp"}
 SDPFRAG = "application/trickle-ice-sdpfrag"
@@ -60,7 +55,7 @@ CANDIDATES = (
 REGISTERED = "registered with gateway"  # what a real worker logs once Welcome arrives
 
 StartGateway = Callable[..., GatewayProcess]
-StartWorker = Callable[..., RealWorker]
+StartWorker = Callable[..., RemoteWorker]
 
 
 @dataclass
@@ -83,19 +78,18 @@ class Client:
     def __init__(self, http: aiohttp.ClientSession, gateway: GatewayProcess) -> None:
         self.http = http
         self.gateway = gateway
-        self.pcs: list[object] = []
+        self.pcs: list[RTCPeerConnection] = []
         self.locations: list[str] = []
 
     async def publisher_offer(self, audio: bool = True) -> str:
-        pc = media.new_pc()
+        pc = new_pc()
         self.pcs.append(pc)
-        return str(await media.publisher_offer(pc, audio=audio))
+        return await publisher_offer(pc, audio=audio)
 
     async def viewer_offer(self) -> str:
-        pc = media.new_pc()
+        pc = new_pc()
         self.pcs.append(pc)
-        offer, _counter = await media.viewer_offer(pc)
-        return str(offer)
+        return await viewer_offer(pc)
 
     async def post(self, path: str, offer: str) -> Reply:
         async with self.http.post(self.gateway.url + path, data=offer, headers=SDP) as r:
@@ -119,7 +113,7 @@ class Client:
                 except aiohttp.ClientError:
                     pass
         for pc in self.pcs:
-            await pc.close()  # type: ignore[attr-defined]
+            await pc.close()
 
 
 @pytest.fixture
@@ -142,14 +136,11 @@ def registered_count(gateway: GatewayProcess, worker_id: str) -> int:
 def start_local_gateway(
     tmp: Path, workers: int, env: dict[str, str] | None = None
 ) -> GatewayProcess:
-    gateway = GatewayProcess(tmp, ["--workers", str(workers), "--bind-addresses", "127.0.0.1"], env)
-    wait_ready_sync(gateway)
+    args = ["--bind-addresses", "127.0.0.1"]
+    gateway = start_gateway(tmp, workers=workers, args=args, env=env)
     for slot in range(workers):
-        wait_sync(
-            lambda slot=slot: registered_count(gateway, f"local-{slot}") > 0,  # type: ignore[misc]
-            20,
-            f"local-{slot} to register",
-        )
+        worker_id = f"local-{slot}"
+        wait_sync(partial(registered_count, gateway, worker_id), 20, f"{worker_id} to register")
     return gateway
 
 
@@ -167,7 +158,9 @@ def owner(answer: str, pids: set[int]) -> int:
     assert ports, answer
     owners = {udp_port_owner(port, pids) for port in ports}
     assert len(owners) == 1 and None not in owners, (ports, owners, pids)
-    return owners.pop()  # type: ignore[return-value]
+    (found,) = owners
+    assert found is not None
+    return found
 
 
 async def ready(http: aiohttp.ClientSession, gateway: GatewayProcess, within: float = 10) -> None:
@@ -326,9 +319,12 @@ async def test_subscriber_limit(
 
 
 async def remote_worker_gateway(
-    start_gateway: StartGateway, start_worker: StartWorker, http: aiohttp.ClientSession, *args: str
-) -> tuple[GatewayProcess, RealWorker]:
-    gateway = start_gateway("--workers", "0", *args)
+    gateway_factory: StartGateway,
+    start_worker: StartWorker,
+    http: aiohttp.ClientSession,
+    *args: str,
+) -> tuple[GatewayProcess, RemoteWorker]:
+    gateway = gateway_factory(workers=0, args=args, wait=None, own_ipc_dir=True)
     await gateway.wait_healthy()
     worker = start_worker(gateway.ipc_endpoint, "remote-1")
     await worker.wait_output(REGISTERED)
@@ -337,13 +333,13 @@ async def remote_worker_gateway(
 
 
 async def test_stalled_worker_keeps_its_rooms_then_dies_after_the_dead_timeout(
-    start_gateway: StartGateway,
+    gateway_factory: StartGateway,
     start_worker: StartWorker,
     http: aiohttp.ClientSession,
     clients: Callable[[GatewayProcess], Client],
 ) -> None:
     gateway, worker = await remote_worker_gateway(
-        start_gateway, start_worker, http, "--ipc-timeout", "0.5", "--worker-dead-timeout", "5"
+        gateway_factory, start_worker, http, "--ipc-timeout", "0.5", "--worker-dead-timeout", "5"
     )
     client = clients(gateway)
     held = await client.publish("held")
@@ -397,13 +393,13 @@ async def test_stalled_worker_keeps_its_rooms_then_dies_after_the_dead_timeout(
 
 
 async def test_killed_remote_worker_is_unresponsive_at_once_and_dropped_when_dead(
-    start_gateway: StartGateway,
+    gateway_factory: StartGateway,
     start_worker: StartWorker,
     http: aiohttp.ClientSession,
     clients: Callable[[GatewayProcess], Client],
 ) -> None:
     gateway, worker = await remote_worker_gateway(
-        start_gateway, start_worker, http, "--worker-dead-timeout", "3"
+        gateway_factory, start_worker, http, "--worker-dead-timeout", "3"
     )
     client = clients(gateway)
     held = await client.publish("r")
@@ -422,23 +418,6 @@ async def test_killed_remote_worker_is_unresponsive_at_once_and_dropped_when_dea
 # --- a local worker killed under load -------------------------------------------------------
 
 
-def peer(gateway: GatewayProcess, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(PEER), *args, "--url", gateway.url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=child_env(),
-        cwd=REPO,
-    )
-
-
-async def peer_result(process: subprocess.Popen[str]) -> dict[str, object]:
-    out, _ = await asyncio.to_thread(process.communicate, timeout=40)
-    return dict(json.loads(out.strip().splitlines()[-1]))
-
-
-@pytest.mark.skipif(not PEER.exists(), reason="tests/clients/peer.py is not there")
 async def test_killed_worker_loses_only_its_rooms_and_is_replaced(
     tmp_path: Path, http: aiohttp.ClientSession, clients: Callable[[GatewayProcess], Client]
 ) -> None:
@@ -447,8 +426,8 @@ async def test_killed_worker_loses_only_its_rooms_and_is_replaced(
     client = clients(gateway)
     publisher_b = viewer_b = None
     try:
-        publisher_b = peer(
-            gateway, "publish", "--room", "b", "--seconds", "12", "--fps", str(fps),
+        publisher_b = spawn_peer(
+            "publish", gateway.url, "b", "--seconds", "12", "--fps", str(fps),
             "--width", "320", "--height", "240", "--audio", "none",
         )  # fmt: skip
         # Room B exists once a WHEP offer to it is no longer 404 (a sendonly one is refused
@@ -458,7 +437,7 @@ async def test_killed_worker_loses_only_its_rooms_and_is_replaced(
         while (await client.play("b", probe)).status == 404:
             assert time.monotonic() < deadline, "publisher B never showed up"
             await asyncio.sleep(0.2)
-        viewer_b = peer(gateway, "view", "--room", "b", "--seconds", "6", "--min-audio-frames", "0")
+        viewer_b = spawn_peer("view", gateway.url, "b", "--seconds", "6", "--min-audio-frames", "0")
         viewing_since = time.monotonic()
 
         # Room A goes to the other, idle worker; its viewer follows it there.
@@ -493,8 +472,8 @@ async def test_killed_worker_loses_only_its_rooms_and_is_replaced(
 
         # Room B never stopped: its viewer got frames after the kill, more than the publisher
         # could possibly have sent before it.
-        view = await peer_result(viewer_b)
-        published = await peer_result(publisher_b)
+        view = await asyncio.to_thread(viewer_b.result, 40)
+        published = await asyncio.to_thread(publisher_b.result, 40)
         most_before_kill = fps * (killed - viewing_since)
         assert view["ok"], view
         assert int(view["video_frames"]) > most_before_kill + fps, (view, most_before_kill)
@@ -503,19 +482,18 @@ async def test_killed_worker_loses_only_its_rooms_and_is_replaced(
         assert worker_b in worker_pids(gateway)
     finally:
         for process in (publisher_b, viewer_b):
-            if process is not None and process.poll() is None:
+            if process is not None:
                 process.kill()
-                process.wait()
         await client.close()
         gateway.stop()
 
 
 async def test_graceful_stop_closes_rooms_on_the_worker(
-    start_gateway: StartGateway,
+    gateway_factory: StartGateway,
     http: aiohttp.ClientSession,
     clients: Callable[[GatewayProcess], Client],
 ) -> None:
-    gateway = start_gateway("--workers", "1", "--bind-addresses", "127.0.0.1")
+    gateway = gateway_factory(workers=1, args=["--bind-addresses", "127.0.0.1"], wait=None)
     await gateway.wait_healthy()
     await ready(http, gateway, within=20)
     client = clients(gateway)
@@ -541,12 +519,13 @@ class Secured:
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    endpoint = f"tcp://127.0.0.1:{pick_free_port()}"
     token = "s3cret"
-    gateway = GatewayProcess(
+    gateway = start_gateway(
         tmp_path_factory.mktemp("secured"),
-        ["--workers", "0"],
-        {"WORKER_LISTEN": endpoint, "WORKER_TOKEN": token},
+        workers=0,
+        env={"WORKER_LISTEN": endpoint, "WORKER_TOKEN": token},
+        wait=None,
     )
     up = lambda: "listening on" in gateway.log() or gateway.process.poll() is not None  # noqa: E731
     wait_sync(up, 15, "the gateway to listen")

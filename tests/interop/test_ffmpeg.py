@@ -8,8 +8,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import GatewayProcess
-from tests.interop.peers import ffmpeg_with_whip, run_ffmpeg_whip, spawn_aiortc_peer
+from testkit.processes import GatewayProcess
+from tests.support.clients import ffmpeg_with_whip, run_ffmpeg_whip, spawn_interop_peer
 
 
 def test_ffmpeg_publishes_h264_high_and_opus_to_a_decoding_viewer(
@@ -21,7 +21,7 @@ def test_ffmpeg_publishes_h264_high_and_opus_to_a_decoding_viewer(
     log = tmp_path / "ffmpeg.log"
     ffmpeg = run_ffmpeg_whip(binary, f"{gateway.url}/api/whip/publish/{room}", 14, log)
     try:
-        viewer = spawn_aiortc_peer(
+        viewer = spawn_interop_peer(
             "view",
             gateway.url,
             room,

@@ -19,10 +19,14 @@ from urllib.parse import urlencode
 import pytest
 from playwright.sync_api import Browser
 
-from tests.browser.conftest import launch_chromium
+from testkit.processes import start_gateway
 from tests.browser.pages import open_page, wait_decoding
-from tests.clients.launch import require_gstreamer, spawn_aiortc_viewer, spawn_gst_publisher
-from tests.conftest import PeerProcess, start_gateway
+from tests.support.clients import (
+    PeerProcess,
+    require_gstreamer,
+    spawn_gst_publisher,
+    spawn_interop_peer,
+)
 
 PUBLISH_SECONDS = "10"
 VIEW_ARGS = ("--seconds", "15", "--min-video-frames", "30", "--min-audio-frames", "10")
@@ -36,11 +40,6 @@ def module_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield gateway.url
     finally:
         gateway.stop()
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    yield from launch_chromium()
 
 
 @pytest.fixture
@@ -100,7 +99,7 @@ def test_gstreamer_publishes_and_aiortc_decodes(
         module_gateway, room, "--codec", codec, "--seconds", PUBLISH_SECONDS
     )
     clients.append(publisher)
-    viewer = spawn_aiortc_viewer(module_gateway, room, *VIEW_ARGS)
+    viewer = spawn_interop_peer("view", module_gateway, room, *VIEW_ARGS)
     clients.append(viewer)
 
     viewed = viewer.result(timeout=60)
@@ -174,7 +173,7 @@ def test_obs_shaped_offer_h264_high_without_candidates(
         *("--seconds", PUBLISH_SECONDS),
     )
     clients.append(publisher)
-    viewer = spawn_aiortc_viewer(module_gateway, room, *VIEW_ARGS)
+    viewer = spawn_interop_peer("view", module_gateway, room, *VIEW_ARGS)
     clients.append(viewer)
 
     viewed = viewer.result(timeout=60)

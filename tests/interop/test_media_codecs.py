@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GatewayProcess, start_gateway
-from tests.interop.peers import spawn_aiortc_peer
+from testkit.processes import GatewayProcess, start_gateway
+from tests.support.clients import spawn_interop_peer
 
 MIN_VIDEO_FRAMES = 60  # two seconds of the 30 fps publisher
 SPS_PROFILE_IDC = {"constrained-baseline": 66, "baseline": 66, "main": 77, "high": 100}
@@ -34,10 +34,10 @@ def publish_and_view(
     gateway: GatewayProcess, publisher_args: list[str], viewer_args: list[str]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     room = "media-" + secrets.token_hex(4)
-    publisher = spawn_aiortc_peer("publish", gateway.url, room, "--seconds", "9", *publisher_args)
+    publisher = spawn_interop_peer("publish", gateway.url, room, "--seconds", "9", *publisher_args)
     try:
         # The viewer re-POSTs while the room does not exist yet (404), then decodes.
-        viewer = spawn_aiortc_peer(
+        viewer = spawn_interop_peer(
             "view",
             gateway.url,
             room,

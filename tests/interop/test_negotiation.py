@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GatewayProcess, start_gateway
+from testkit.processes import GatewayProcess, start_gateway
 from tests.interop.sdp_offers import (
     CHROME_AUDIO,
     CHROME_VIDEO,

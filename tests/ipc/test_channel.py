@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import zmq
+import zmq.asyncio
 
 from ipc import codec
 from ipc import messages as m
 from ipc.channel import (
+    Channel,
     ChannelClosed,
     PeerGone,
     RemoteFailure,
@@ -20,13 +22,16 @@ from ipc.channel import (
     router_channel,
 )
 
+# What the worker notifies right after each answer: several, to check their own order too.
+STATES: tuple[m.SessionStateName, ...] = ("connected", "closed", "connected")
+
 
 @pytest.fixture
 def endpoint(tmp_path: Path) -> str:
     return f"ipc://{tmp_path}/gateway.sock"
 
 
-async def _pair(endpoint: str):  # type: ignore[no-untyped-def]
+async def _pair(endpoint: str) -> tuple[Channel, Channel]:
     router = router_channel([endpoint])
     router.start()
     dealer = dealer_channel(endpoint, b"w1")
@@ -58,25 +63,68 @@ async def test_requests_flow_both_ways(endpoint: str) -> None:
     await router.close()
 
 
-async def test_notifications_arrive_after_earlier_responses(endpoint: str) -> None:
-    router, dealer = await _pair(endpoint)
-    seen: list[m.Message] = []
-    router.on_notification = lambda peer, body: seen.append(body)
+async def test_a_notification_sent_after_a_response_is_handled_after_the_requester_resumed(
+    endpoint: str,
+) -> None:
+    """mediasoup's rule (its issue #510): a worker that answers a request and then notifies
+    about what it created must not have the notification handled before the code awaiting the
+    answer ran, or the gateway sees a SessionState for a session it does not know yet.
 
-    async def serve(peer: bytes, body: m.Message) -> m.Message:
-        return m.Welcome(1.0)
+    The worker here is a raw DEALER that writes the response and three notifications back to
+    back, so the gateway's reader usually finds all four frames queued at once: a channel
+    that dispatched notifications as it read them would run the handler first, every round.
+    """
+    router = router_channel([endpoint])
+    router.start()
+    raw = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.ROUTING_ID, b"w1")
+    raw.connect(endpoint)
+    known: set[str] = set()  # what the requesting code registered once answered
+    seen: list[tuple[str, str, bool]] = []  # (session, state, known when handled)
 
-    router.on_request = serve
-    await dealer.request(m.Hello("w1", 1, 1, "0", "h"), timeout=5)
-    for i in range(20):
-        await dealer.notify(m.SessionState(f"s{i}", "room", "connected"))
+    def on_notification(peer: bytes, body: m.Message) -> None:
+        assert isinstance(body, m.SessionState)
+        seen.append((body.session_id, body.state, body.session_id in known))
+
+    router.on_notification = on_notification
+
+    async def worker() -> None:
+        while True:
+            request = codec.decode(await raw.recv())
+            assert isinstance(request.body, m.CloseSession)
+            session_id = request.body.session_id
+            frames = [m.Frame(m.PROTOCOL_VERSION, m.RESPONSE, request.id, m.Done())]
+            for state in STATES:
+                body = m.SessionState(session_id, "room", state)
+                frames.append(m.Frame(m.PROTOCOL_VERSION, m.NOTIFICATION, 0, body))
+            for frame in frames:
+                await raw.send(codec.encode(frame))
+
+    # The router learns the worker's routing id from its first frame.
+    hello = m.SessionState("hello", "room", "connected")
+    await raw.send(codec.encode(m.Frame(m.PROTOCOL_VERSION, m.NOTIFICATION, 0, hello)))
     for _ in range(100):
-        if len(seen) == 20:
+        if seen:
             break
         await asyncio.sleep(0.01)
-    assert [s.session_id for s in seen] == [f"s{i}" for i in range(20)]  # type: ignore[union-attr]
-    await dealer.close()
-    await router.close()
+    assert seen == [("hello", "connected", False)]
+    seen.clear()
+    serving = asyncio.ensure_future(worker())
+    try:
+        for i in range(20):
+            answer = await router.request(m.CloseSession(f"s{i}"), peer=b"w1", timeout=5)
+            assert answer == m.Done()
+            known.add(f"s{i}")  # synchronously after the answer, as the gateway's code does
+            await asyncio.sleep(0.005)
+        for _ in range(100):
+            if len(seen) == 60:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        serving.cancel()
+        raw.close(linger=0)
+        await router.close()
+    assert seen == [(f"s{i}", state, True) for i in range(20) for state in STATES]
 
 
 async def test_request_times_out_when_nobody_answers(endpoint: str) -> None:
@@ -129,8 +177,7 @@ async def test_fail_peer_and_close_fail_pending_requests(endpoint: str) -> None:
 async def test_garbage_frames_are_counted_and_dropped(endpoint: str) -> None:
     router = router_channel([endpoint])
     router.start()
-    ctx = zmq.Context.instance()
-    raw = ctx.socket(zmq.DEALER)
+    raw: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     raw.setsockopt(zmq.ROUTING_ID, b"evil")
     raw.connect(endpoint)
     raw.send(b"\xff\x00not msgpack")
@@ -156,7 +203,7 @@ async def test_garbage_frames_are_counted_and_dropped(endpoint: str) -> None:
 
 async def test_worker_in_another_process_over_tcp(tmp_path: Path) -> None:
     router = router_channel(["tcp://127.0.0.1:0"])
-    port = router._socket.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1]
+    port = router._socket.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
     router.start()
     got: asyncio.Queue[m.Message] = asyncio.Queue()
 

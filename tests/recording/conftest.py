@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import pytest
 import urllib3
 from minio import Minio
 
-from tests.conftest import GatewayProcess, pick_free_port
+from testkit.processes import GatewayProcess, pick_free_port
 
 ADMIN_TOKEN = "recording-admin-token-0123456789abcdef"
 BUCKET = "recordings"
@@ -138,34 +138,3 @@ def list_records(gateway: GatewayProcess) -> list[dict[str, Any]]:
     assert status == 200, body
     items: list[dict[str, Any]] = json.loads(body)
     return items
-
-
-def wait_for(
-    predicate: Callable[[], Any], within: float, what: str, gateway: GatewayProcess | None = None
-) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.2)
-    log = gateway.log() if gateway is not None else ""
-    raise AssertionError(f"not within {within:g} s: {what}\n{log}")
-
-
-def worker_pids(gateway: GatewayProcess) -> set[int]:
-    """The gateway's live `python -m sfu` children."""
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                argv = cmdline.read().split(b"\0")
-        except OSError:
-            continue
-        if int(fields[1]) == gateway.proc.pid and fields[0] != "Z" and b"sfu" in argv[:3]:
-            pids.add(int(entry))
-    return pids

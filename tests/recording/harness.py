@@ -25,10 +25,11 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ipc.recordings import RecordingInfo, media_name_of, read_sidecar  # noqa: E402
-from sfu.forward import CodecKey, ForwardingStats  # noqa: E402
-from sfu.recorder import Recorder, RecordingSettings  # noqa: E402
+from common.sidecar import RecordingInfo, media_name_of, read_sidecar  # noqa: E402
+from sfu.media import CodecKey, TrackForwarder  # noqa: E402
+from sfu.recording.recorder import Recorder, RecordingSettings  # noqa: E402
 from sfu.room import Room  # noqa: E402
+from sfu.session import SessionSettings  # noqa: E402
 from tests.recording import rtp_media  # noqa: E402
 
 CLOCKS = {"opus": 48000, "vp8": 90000, "vp9": 90000, "av1": 90000, "h264": 90000}
@@ -62,7 +63,7 @@ class Session:
     keyframe_requests: list[float] = field(default_factory=list)
 
     @property
-    def forwarder(self):  # type: ignore[no-untyped-def]
+    def forwarder(self) -> TrackForwarder:
         return self.room.forwarders[self.kind]
 
 
@@ -70,7 +71,8 @@ async def open_session(directory: Path, codec: str, room: str = "room1") -> Sess
     recorder = Recorder(RecordingSettings(enabled=True, directory=str(directory)), "test")
     recorder.start()
     kind = KINDS.get(codec, "video")
-    session = Session(recorder, Room(room, ForwardingStats()), kind)
+    settings = SessionSettings(connect_timeout=10.0, public_ip=None)
+    session = Session(recorder, Room(room, settings), kind)
     forwarder = session.room.forwarder(kind)
     forwarder.set_source(
         CodecKey(mime(codec), CLOCKS[codec], ""),
@@ -103,7 +105,7 @@ async def finish(session: Session) -> None:
 
 
 def recordings(directory: Path) -> list[RecordingInfo]:
-    infos = []
+    infos: list[RecordingInfo] = []
     if not directory.is_dir():
         return infos
     for entry in sorted(p.name for p in directory.iterdir()):
@@ -133,6 +135,7 @@ def inspect(path: Path) -> FileReport:
     with av.open(str(path)) as container:
         stream = container.streams[0]
         context = stream.codec_context
+        assert isinstance(context, av.VideoCodecContext | av.AudioCodecContext), context
         starts, ends = [], []
         decoded = frames = 0
         for packet in container.demux(stream):
@@ -144,16 +147,16 @@ def inspect(path: Path) -> FileReport:
             ends.append(start + float((packet.duration or 0) * packet.time_base))
             decoded += len(context.decode(packet))
         decoded += len(context.decode(None))
-        video = stream.type == "video"
+        video = isinstance(context, av.VideoCodecContext)
         ordered = sorted(starts)
         steps = sorted(b - a for a, b in zip(ordered, ordered[1:], strict=False))
         period = steps[len(steps) // 2] if video and steps else 0.0  # the frame interval
         return FileReport(
             codec=context.name,
-            width=context.width if video else 0,
-            height=context.height if video else 0,
-            channels=context.channels if not video else 0,
-            sample_rate=context.sample_rate if not video else 0,
+            width=context.width if isinstance(context, av.VideoCodecContext) else 0,
+            height=context.height if isinstance(context, av.VideoCodecContext) else 0,
+            channels=context.channels if isinstance(context, av.AudioCodecContext) else 0,
+            sample_rate=context.sample_rate if isinstance(context, av.AudioCodecContext) else 0,
             frames=frames,
             decoded=decoded,
             first_pts=min(starts),

@@ -19,7 +19,7 @@ from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.codecs.vpx import Vp8Encoder
 
-from sfu.recordings_codecs import read_leb128, write_leb128
+from sfu.recording.codecs import read_leb128, write_leb128
 
 VIDEO_CLOCK = 90_000
 FPS = 30
@@ -57,7 +57,7 @@ def aiortc_video(codec: str, count: int, width: int = 320, height: int = 240) ->
 
 def opus_packets(count: int) -> list[RtpFrame]:
     encoder = OpusEncoder()
-    packets = []
+    packets: list[RtpFrame] = []
     samples = 960
     for index in range(count):
         tone = 8000 * np.sin(2 * math.pi * 440 * (np.arange(samples) + index * samples) / 48000)
@@ -74,9 +74,10 @@ def opus_packets(count: int) -> list[RtpFrame]:
 
 def _pyav_encode(codec: str, count: int, width: int, height: int) -> list[tuple[bytes, bool]]:
     context = av.CodecContext.create(codec, "w")
+    assert isinstance(context, av.VideoCodecContext)
     context.width, context.height, context.pix_fmt = width, height, "yuv420p"
     context.time_base = fractions.Fraction(1, VIDEO_CLOCK)
-    context.framerate = FPS
+    context.framerate = fractions.Fraction(FPS)
     context.gop_size = 45
     if codec == "libvpx-vp9":
         context.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}

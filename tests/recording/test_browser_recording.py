@@ -4,7 +4,7 @@ gateway/web/publish.html?codec=..., the worker records it, PyAV reads the file b
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -12,20 +12,14 @@ from urllib.parse import urlencode
 import pytest
 from playwright.sync_api import Browser
 
-from tests.browser.conftest import launch_chromium
+from testkit.processes import GatewayProcess, wait_sync
 from tests.browser.pages import connected, open_page, poll, video_stats
-from tests.conftest import GatewayProcess
-from tests.recording.conftest import admin_get, list_records, record_env, wait_for
+from tests.recording.conftest import admin_get, list_records, record_env
 from tests.recording.harness import inspect
 
 pytestmark = pytest.mark.browser
 
 SECONDS = 4.0
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    yield from launch_chromium()
 
 
 @pytest.mark.parametrize(
@@ -69,7 +63,7 @@ def test_a_browser_track_is_recorded_in_its_codec(
         items = [i for i in list_records(gateway) if i["kind"] == "video"]
         return items if items and items[0]["state"] != "recording" else None
 
-    [item] = wait_for(finished, 30, "the video recording", gateway)
+    [item] = wait_sync(finished, 30, "the video recording", gateway.log, interval=0.2)
     assert item["state"] == "complete" and item["codec"] == mime_type, item
     status, body = admin_get(gateway.url + item["url"])
     assert status == 200 and body[8:12] == fourcc

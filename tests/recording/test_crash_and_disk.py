@@ -15,24 +15,31 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from ipc.recordings import COMPLETE, RECORDING
-from sfu.recordings_store import repair_unfinished
+from common.sidecar import COMPLETE, RECORDING
+from sfu.recording.store import repair_unfinished
 from tests.recording.harness import inspect, recordings
 
 HARNESS = Path(__file__).resolve().parent / "harness.py"
 
 
-def _start(directory: Path, codec: str, seconds: float, then: str, **popen: object):  # type: ignore[no-untyped-def]
+def _start(
+    directory: Path,
+    codec: str,
+    seconds: float,
+    then: str,
+    preexec_fn: Callable[[], object] | None = None,
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(HARNESS), str(directory), codec, str(seconds), then],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        **popen,  # type: ignore[call-overload]
+        preexec_fn=preexec_fn,
     )
 
 

@@ -1,6 +1,6 @@
 """Recording through the whole server: sfu-gateway, a real worker, a real publisher process.
 
-The publisher is tests/clients/peer.py (aiortc: VP8 or H264 video with Opus audio). The
+The publisher is testkit/client.py (aiortc: VP8 or H264 video with Opus audio). The
 files are fetched through the admin download route and read back with PyAV.
 """
 
@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GatewayProcess, PeerProcess, run_peer_process
-from tests.recording.conftest import admin_get, list_records, record_env, wait_for, worker_pids
+from testkit.processes import GatewayProcess, wait_sync, worker_pids
+from tests.recording.conftest import admin_get, list_records, record_env
 from tests.recording.harness import inspect
+from tests.support.clients import PeerProcess, run_peer
 
 SECONDS = 4.0
 
@@ -31,7 +32,7 @@ def _finished(gateway: GatewayProcess, count: int) -> list[dict[str, Any]] | Non
 def _download(gateway: GatewayProcess, item: dict[str, Any], into: Path) -> Path:
     status, body = admin_get(gateway.url + item["url"])
     assert status == 200, body[:300]
-    path = into / item["name"]
+    path = into / str(item["name"])
     path.write_bytes(body)
     assert len(body) == item["size"]
     return path
@@ -48,13 +49,15 @@ def test_each_track_of_a_session_becomes_a_file_that_plays(
     extension: str,
 ) -> None:
     gateway = gateway_factory(workers=1, env=record_env(tmp_path / "records"))
-    result = run_peer_process(
+    result = run_peer(
         "publish", gateway.url, "rec-room", "--seconds", str(SECONDS), "--video", video
     )
     assert result["ok"], result
     published = SECONDS - result["connect_ms"] / 1000
 
-    items = wait_for(lambda: _finished(gateway, 2), 20, "two finished recordings", gateway)
+    items = wait_sync(
+        lambda: _finished(gateway, 2), 20, "two finished recordings", gateway.log, interval=0.2
+    )
     by_kind = {item["kind"]: item for item in items}
     downloads = tmp_path / "downloads"
     downloads.mkdir()
@@ -89,7 +92,7 @@ def test_each_track_of_a_session_becomes_a_file_that_plays(
         metrics = admin_get(gateway.url + "/metrics")[1].decode()
         return metrics if _sample(metrics, written) == total else None
 
-    metrics = wait_for(reported, 5, f"{written} == {total}", gateway)
+    metrics = wait_sync(reported, 5, f"{written} == {total}", gateway.log, interval=0.2)
     assert 'live_recordings_active{worker="local-0"} 0.0' in metrics
     assert 'live_recording_write_errors_total{worker="local-0"} 0.0' in metrics
 
@@ -109,14 +112,16 @@ def test_a_worker_killed_while_recording_leaves_files_repaired_on_restart(
         ready = [i for i in items if i["state"] == "recording" and i["duration"] >= 1.5]
         return items if len(ready) == 2 else None
 
-    wait_for(flushed, 30, "two recordings with 1.5 s checkpointed", gateway)
+    wait_sync(flushed, 30, "two recordings with 1.5 s checkpointed", gateway.log, interval=0.2)
     time.sleep(1.0)
     os.kill(worker, signal.SIGKILL)
     killed_at = time.time()
     publisher.kill()
 
     # The supervisor starts a new worker, which repairs what the dead one left.
-    items = wait_for(lambda: _finished(gateway, 2), 30, "repaired recordings", gateway)
+    items = wait_sync(
+        lambda: _finished(gateway, 2), 30, "repaired recordings", gateway.log, interval=0.2
+    )
     assert worker not in worker_pids(gateway)
     downloads = tmp_path / "downloads"
     downloads.mkdir()
@@ -147,7 +152,7 @@ def test_vp9_from_gstreamer_is_recorded_as_vp9_ivf(
     gateway_factory: Callable[..., GatewayProcess], tmp_path: Path
 ) -> None:
     """aiortc cannot send VP9; GStreamer's webrtcbin (tests/clients/gst_whip.py) can."""
-    from tests.clients.launch import require_gstreamer, spawn_gst_publisher
+    from tests.support.clients import require_gstreamer, spawn_gst_publisher
 
     require_gstreamer()
     gateway = gateway_factory(workers=1, env=record_env(tmp_path / "records"))
@@ -157,7 +162,9 @@ def test_vp9_from_gstreamer_is_recorded_as_vp9_ivf(
     result = publisher.result(timeout=60)
     assert result["ok"], result
 
-    items = wait_for(lambda: _finished(gateway, 2), 20, "two finished recordings", gateway)
+    items = wait_sync(
+        lambda: _finished(gateway, 2), 20, "two finished recordings", gateway.log, interval=0.2
+    )
     [video_item] = [item for item in items if item["kind"] == "video"]
     assert video_item["codec"] == "video/vp9" and video_item["name"].endswith(".ivf")
     downloads = tmp_path / "downloads"

@@ -14,28 +14,29 @@ from pathlib import Path
 
 import pytest
 
-from ipc.recordings import COMPLETE, FAILED, RecordingInfo, UploadState, write_sidecar
-from tests.conftest import GatewayProcess
+from common.sidecar import COMPLETE, FAILED, RecordingInfo, UploadState, write_sidecar
+from testkit.processes import GatewayProcess
 from tests.recording.conftest import ADMIN_TOKEN, admin_get, record_env
 
 SECRET = b"outside-secret-0123456789"
+ApiGateway = tuple[GatewayProcess, Path]  # the gateway and its RECORD_DIR
 
 
 @pytest.fixture
-def api_gateway(
-    gateway_factory: Callable[..., GatewayProcess], tmp_path: Path
-) -> tuple[GatewayProcess, Path]:
+def api_gateway(gateway_factory: Callable[..., GatewayProcess], tmp_path: Path) -> ApiGateway:
     records = tmp_path / "records"
-    gateway = gateway_factory(workers=0, env=record_env(records), wait=False)
+    gateway = gateway_factory(workers=0, env=record_env(records), wait=None)
     deadline = time.monotonic() + 20
     while admin_get(gateway.url + "/healthz", None)[0] != 200:
         assert time.monotonic() < deadline, gateway.log()
-        assert gateway.proc.poll() is None, gateway.log()
+        assert gateway.process.poll() is None, gateway.log()
         time.sleep(0.1)
     return gateway, records
 
 
-def _raw_get(gateway: GatewayProcess, path: str, token: str | None = ADMIN_TOKEN):  # type: ignore[no-untyped-def]
+def _raw_get(
+    gateway: GatewayProcess, path: str, token: str | None = ADMIN_TOKEN
+) -> tuple[int, str, bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     connection.request("GET", path, headers=headers)
@@ -45,7 +46,7 @@ def _raw_get(gateway: GatewayProcess, path: str, token: str | None = ADMIN_TOKEN
     return response.status, response.getheader("Content-Type") or "", body
 
 
-def test_an_empty_or_missing_directory_lists_nothing(api_gateway) -> None:  # type: ignore[no-untyped-def]
+def test_an_empty_or_missing_directory_lists_nothing(api_gateway: ApiGateway) -> None:
     gateway, records = api_gateway
     assert not records.exists()
     assert admin_get(gateway.url + "/api/records") == (200, b"[]")
@@ -53,7 +54,7 @@ def test_an_empty_or_missing_directory_lists_nothing(api_gateway) -> None:  # ty
     assert admin_get(gateway.url + "/api/records") == (200, b"[]")
 
 
-def test_the_listing_and_downloads_need_an_admin_credential(api_gateway) -> None:  # type: ignore[no-untyped-def]
+def test_the_listing_and_downloads_need_an_admin_credential(api_gateway: ApiGateway) -> None:
     gateway, records = api_gateway
     records.mkdir()
     name = "r1_t1_1700000000.ogg"
@@ -67,7 +68,7 @@ def test_the_listing_and_downloads_need_an_admin_credential(api_gateway) -> None
     assert (status, content_type, body) == (200, "audio/ogg", b"OggS-not-really")
 
 
-def test_the_listing_describes_each_recording(api_gateway) -> None:  # type: ignore[no-untyped-def]
+def test_the_listing_describes_each_recording(api_gateway: ApiGateway) -> None:
     gateway, records = api_gateway
     records.mkdir()
     done = RecordingInfo(
@@ -140,7 +141,7 @@ def test_the_listing_describes_each_recording(api_gateway) -> None:  # type: ign
         "/api/records/..%5C..%5Coutside.ivf",
     ],
 )
-def test_path_traversal_is_refused(api_gateway, path: str) -> None:  # type: ignore[no-untyped-def]
+def test_path_traversal_is_refused(api_gateway: ApiGateway, path: str) -> None:
     gateway, records = api_gateway
     records.mkdir()
     (records.parent / "outside.ivf").write_bytes(SECRET)
@@ -156,7 +157,7 @@ def test_path_traversal_is_refused(api_gateway, path: str) -> None:  # type: ign
     assert SECRET not in body and b"root:" not in body
 
 
-def test_symlinks_in_the_record_dir_are_not_followed(api_gateway) -> None:  # type: ignore[no-untyped-def]
+def test_symlinks_in_the_record_dir_are_not_followed(api_gateway: ApiGateway) -> None:
     gateway, records = api_gateway
     records.mkdir()
     outside = records.parent / "secret.ivf"

@@ -15,16 +15,17 @@ from typing import Any
 
 import pytest
 
+from common.sidecar import COMPLETE, RecordingInfo, read_sidecar, write_sidecar
 from gateway.config import load_config
 from gateway.uploader import Uploader, make_client, object_key, retry_delay
-from ipc.recordings import COMPLETE, RecordingInfo, read_sidecar, write_sidecar
-from tests.conftest import REPO, GatewayProcess, run_peer_process
-from tests.recording.conftest import BUCKET, MotoServer, admin_get, list_records, wait_for
+from testkit.processes import REPO, GatewayProcess, wait_sync
+from tests.recording.conftest import BUCKET, MotoServer, admin_get, list_records
 from tests.recording.harness import inspect
+from tests.support.clients import run_peer
 
 
 def _publish(gateway: GatewayProcess, room: str) -> None:
-    result = run_peer_process("publish", gateway.url, room, "--seconds", "2")
+    result = run_peer("publish", gateway.url, room, "--seconds", "2")
     assert result["ok"], result
 
 
@@ -58,7 +59,9 @@ def test_finished_recordings_are_uploaded_then_deleted_locally(
     gateway = gateway_factory(workers=1, env=env)
     _publish(gateway, "up-room")
 
-    items = wait_for(lambda: _all("uploaded")(gateway), 30, "both uploaded", gateway)
+    items = wait_sync(
+        lambda: _all("uploaded")(gateway), 30, "both uploaded", gateway.log, interval=0.2
+    )
     client = moto.client()
     for item in items:
         key = item["upload"]["key"]
@@ -85,7 +88,9 @@ def test_an_upload_during_an_s3_outage_is_retried_until_it_succeeds(
     gateway = gateway_factory(workers=1, env=moto.gateway_env(records))  # S3 is down
     _publish(gateway, "outage-room")
 
-    failed = wait_for(lambda: _all("failed")(gateway), 30, "failed attempts", gateway)
+    failed = wait_sync(
+        lambda: _all("failed")(gateway), 30, "failed attempts", gateway.log, interval=0.2
+    )
     for item in failed:
         assert "unreachable" in item["upload"]["reason"] and item["upload"]["attempts"] >= 1
         assert item["local"] is True
@@ -93,7 +98,9 @@ def test_an_upload_during_an_s3_outage_is_retried_until_it_succeeds(
     assert metrics["live_uploads_pending"] == 2 and metrics["live_upload_failures_total"] >= 2
     moto.start()
 
-    items = wait_for(lambda: _all("uploaded")(gateway), 60, "uploads after the outage", gateway)
+    items = wait_sync(
+        lambda: _all("uploaded")(gateway), 60, "uploads after the outage", gateway.log, interval=0.2
+    )
     client = moto.client()
     for item in items:
         assert client.stat_object(BUCKET, item["upload"]["key"]).size == item["size"]
@@ -107,12 +114,14 @@ def test_a_pending_upload_survives_a_gateway_restart(
     env = moto.gateway_env(records)
     first = gateway_factory(workers=1, env=env)  # S3 is down
     _publish(first, "restart-room")
-    wait_for(lambda: _all("failed")(first), 30, "failed attempts", first)
+    wait_sync(lambda: _all("failed")(first), 30, "failed attempts", first.log, interval=0.2)
     assert first.stop() == 0
 
     moto.start()
     second = gateway_factory(workers=1, env=env)
-    items = wait_for(lambda: _all("uploaded")(second), 60, "uploads after restart", second)
+    items = wait_sync(
+        lambda: _all("uploaded")(second), 60, "uploads after restart", second.log, interval=0.2
+    )
     client = moto.client()
     for item in items:
         assert client.stat_object(BUCKET, item["upload"]["key"]).size == item["size"]
@@ -140,7 +149,8 @@ def test_a_large_recording_goes_up_in_parts(moto: MotoServer, tmp_path: Path) ->
     assert uploader.upload(name) is True
     stored = moto.client().stat_object(BUCKET, name)
     assert stored.size == size
-    assert stored.etag.endswith("-3")  # an S3 multipart ETag: md5 of the parts, "-" count
+    # An S3 multipart ETag: md5 of the parts, "-" count.
+    assert stored.etag is not None and stored.etag.endswith("-3")
     after = read_sidecar(str(records), name)
     assert after is not None and after.upload.state == "uploaded" and after.upload.key == name
     assert uploader.scan() == [] and uploader.pending == 0

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ipc.recordings import COMPLETE
-from sfu import recorder as recorder_module
+from common.sidecar import COMPLETE
+from sfu.recording import recorder as recorder_module
 from tests.recording import rtp_media
 from tests.recording.harness import (
     feed,

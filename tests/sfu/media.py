@@ -7,9 +7,10 @@ from typing import Any
 
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
-from aiortc.rtp import AnyRtcpPacket, RtcpPsfbPacket, RtpPacket
+from aiortc.rtp import RtpPacket
+from av import VideoFrame
 
 
 class MovingPattern(VideoStreamTrack):
@@ -64,7 +65,7 @@ async def viewer_offer(pc: RTCPeerConnection) -> tuple[str, Counter]:
                 except Exception:
                     return
                 counter.frames[track.kind] += 1
-                if track.kind == "video":
+                if isinstance(frame, VideoFrame):
                     counter.sizes.append((frame.width, frame.height))
 
         asyncio.ensure_future(consume())
@@ -105,38 +106,6 @@ class Tone(AudioStreamTrack):
         loud = av.AudioFrame.from_ndarray(np.repeat(tone, channels, axis=1), "s16", layout)
         loud.pts, loud.sample_rate, loud.time_base = frame.pts, frame.sample_rate, frame.time_base
         return loud
-
-
-class KeyframeSchedule:
-    """A publisher that, like many encoders in the field, sends keyframes on its own schedule.
-
-    It ignores the SFU's keyframe requests and bitrate feedback (a REMB would also make
-    aiortc's VP8 encoder restart, which emits a keyframe) and forces a keyframe every
-    `interval` seconds. `count` is how many keyframes it has sent (the first frame is one).
-    """
-
-    def __init__(self, sender: RTCRtpSender, interval: float) -> None:
-        self.sender = sender
-        self.interval = interval
-        self.count = 1
-        original = sender._handle_rtcp_packet
-
-        async def handle_rtcp(packet: AnyRtcpPacket) -> None:
-            if isinstance(packet, RtcpPsfbPacket):
-                return
-            await original(packet)
-
-        sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
-        self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            self.sender._send_keyframe()
-            self.count += 1
-
-    def stop(self) -> None:
-        self._task.cancel()
 
 
 class ReceivedRtp:

@@ -19,10 +19,10 @@ from aiortc.rtp import (
 
 from ipc import messages as m
 from sfu.rtp import is_rtcp, seq_newer
+from testkit.media import KeyframeSchedule
 from tests.sfu.conftest import WorkerHarness
 from tests.sfu.media import (
     Counter,
-    KeyframeSchedule,
     MovingPattern,
     ReceivedRtp,
     Tone,
@@ -44,7 +44,9 @@ async def _publish(
     video = pc.addTransceiver(MovingPattern(), direction="sendonly")
     pc.addTransceiver(audio or AudioStreamTrack(), direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
-    answer = await worker.request(m.OpenPublisher(room, session, pc.localDescription.sdp))
+    answer = await worker.request(
+        m.OpenSession("publisher", room, session, pc.localDescription.sdp)
+    )
     assert isinstance(answer, m.SessionAnswer)
     schedule = KeyframeSchedule(video.sender, keyframe_interval) if keyframe_interval else None
     await accept(pc, answer.answer)
@@ -58,7 +60,7 @@ async def _view(
     pc = new_pc()
     offer, counter = await viewer_offer(pc)
     received = ReceivedRtp(pc)
-    answer = await worker.request(m.OpenSubscriber(room, session, offer))
+    answer = await worker.request(m.OpenSession("subscriber", room, session, offer))
     assert isinstance(answer, m.SessionAnswer)
     await accept(pc, answer.answer)
     return pc, counter, received

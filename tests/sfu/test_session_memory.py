@@ -1,6 +1,6 @@
 """Sessions leave nothing behind: open/close cycles as the worker runs them, in-process.
 
-Each cycle mirrors `sfu.worker.Worker._open` and `_forget`: a Room, a PublisherSession (and
+Each cycle runs as in the worker: a Room opens a PublisherSession (and
 a SubscriberSession) that answer a real offer, a DELETE (`close("deleted")`), then the room
 is closed. Afterwards no session, RTCPeerConnection or room may still be alive, and
 Python's traced memory may not grow with the number of cycles: a session kept alive holds
@@ -25,9 +25,9 @@ import aioice.ice
 import pytest
 import uvloop
 
-from sfu.forward import ForwardingStats, InstantStart
+from sfu.media.instant_start import InstantStart
 from sfu.room import Room
-from sfu.session import PublisherSession, Session, SessionSettings, SubscriberSession
+from sfu.session import Session, SessionKind, SessionSettings
 from tests.interop.sdp_offers import CHROME_AUDIO, CHROME_VIDEO, Section, browser_offer, only
 from tests.sfu.media import accept, new_pc, publisher_offer, viewer_offer, wait_for
 
@@ -65,40 +65,30 @@ def _whep_offer() -> str:
 
 
 class Rooms:
-    """The worker's bookkeeping (`Worker._open` / `_forget`), and weakrefs to all it made."""
+    """A worker's rooms (`Worker._open` and the RoomEvents), and weakrefs to all they made."""
 
     def __init__(self) -> None:
         self.rooms: dict[str, Room] = {}
-        self.sessions: dict[str, Session] = {}
         self.made: list[weakref.ref[Any]] = []
         self.closed = 0
 
-    def open(self, kind: type[Session], room_name: str, session_id: str) -> Session:
+    def open(self, kind: SessionKind, room_name: str, session_id: str) -> Session:
         room = self.rooms.get(room_name)
         if room is None:
-            room = self.rooms[room_name] = Room(room_name, ForwardingStats(), InstantStart())
+            room = self.rooms[room_name] = Room(room_name, SETTINGS, self, InstantStart())
             self.made.append(weakref.ref(room))
-        session = kind(room, session_id, SETTINGS, room.stats, self._on_state, self._on_closed)
-        self.sessions[session_id] = session
-        if isinstance(session, PublisherSession):
-            room.publisher_id = session_id
-        else:
-            room.subscriber_ids.add(session_id)
+        session = room.open_session(kind, session_id)
         self.made += [weakref.ref(session), weakref.ref(session.pc)]
         return session
 
-    def _on_state(self, session: Session, state: str) -> None:
+    def session_connected(self, session: Session) -> None:
         pass
 
-    def _on_closed(self, session: Session, reason: str) -> None:
+    def session_closed(self, session: Session, reason: str) -> None:
         self.closed += 1
-        self.sessions.pop(session.id, None)
-        room = session.room
-        if room.publisher_id == session.id:
-            room.publisher_id = None
-        room.subscriber_ids.discard(session.id)
-        if room.empty and self.rooms.get(room.name) is room:
-            room.close()
+
+    def room_closed(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
 
     def alive(self) -> list[str]:
@@ -109,9 +99,9 @@ class Rooms:
 async def _bare_cycle(rooms: Rooms, number: int) -> None:
     """POST a WHIP offer and a WHEP offer that never connect, then DELETE both."""
     name = f"room-{number}"
-    publisher = rooms.open(PublisherSession, name, f"pub-{number}")
+    publisher = rooms.open("publisher", name, f"pub-{number}")
     await publisher.open(_whip_offer())
-    viewer = rooms.open(SubscriberSession, name, f"view-{number}")
+    viewer = rooms.open("subscriber", name, f"view-{number}")
     await viewer.open(_whep_offer())
     await viewer.close("deleted")
     await publisher.close("deleted")
@@ -122,11 +112,11 @@ async def _connected_cycle(rooms: Rooms, number: int) -> None:
     name = f"live-{number}"
     client_publisher, client_viewer = new_pc(), new_pc()
     try:
-        publisher = rooms.open(PublisherSession, name, f"live-pub-{number}")
+        publisher = rooms.open("publisher", name, f"live-pub-{number}")
         answer = await publisher.open(await publisher_offer(client_publisher))
         await accept(client_publisher, answer)
         offer, counter = await viewer_offer(client_viewer)
-        viewer = rooms.open(SubscriberSession, name, f"live-view-{number}")
+        viewer = rooms.open("subscriber", name, f"live-view-{number}")
         await accept(client_viewer, await viewer.open(offer))
         await wait_for(lambda: counter.frames["video"] >= 3, timeout=15)
         await viewer.close("deleted")
@@ -155,7 +145,7 @@ async def _run_cycles() -> tuple[list[str], int, int]:
             await _bare_cycle(rooms, number)
         await _settle()
         alive = rooms.alive()
-        assert not rooms.sessions and not rooms.rooms
+        assert not rooms.rooms
         expected = 2 * (CONNECTED_CYCLES + WARMUP_CYCLES)
         assert rooms.closed == expected, "every session reports its close once"
         rooms.made.clear()

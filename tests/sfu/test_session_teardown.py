@@ -15,9 +15,8 @@ from collections.abc import Iterator
 import aioice.ice
 import pytest
 
-from sfu.forward import ForwardingStats, InstantStart
-from sfu.room import Room
-from sfu.session import PublisherSession, Session, SessionSettings
+from sfu.room import Room, Unobserved
+from sfu.session import Session, SessionSettings
 from tests.interop.sdp_offers import CHROME_AUDIO, CHROME_VIDEO, Section, browser_offer, only
 
 
@@ -37,22 +36,19 @@ def _sockets() -> int:
     return count
 
 
+class Events(Unobserved):
+    def __init__(self) -> None:
+        self.closed: list[str] = []
+
+    def session_closed(self, session: Session, reason: str) -> None:
+        self.closed.append(reason)
+
+
 async def test_abort_frees_the_ports_even_when_close_raises() -> None:
-    closed: list[str] = []
-
-    def on_closed(session: Session, reason: str) -> None:
-        closed.append(reason)
-
-    room = Room("r", ForwardingStats(), InstantStart())
+    events = Events()
+    room = Room("r", SessionSettings(connect_timeout=10.0, public_ip=None), events)
     before = _sockets()
-    session = PublisherSession(
-        room,
-        "s1",
-        SessionSettings(connect_timeout=10.0, public_ip=None),
-        room.stats,
-        lambda session, state: None,
-        on_closed,
-    )
+    session = room.open_session("publisher", "s1")
     offer = browser_offer(
         [
             Section("audio", formats=only(CHROME_AUDIO, "opus")),
@@ -70,6 +66,6 @@ async def test_abort_frees_the_ports_even_when_close_raises() -> None:
     await session.abort()
     assert session.closed
     assert _sockets() == before
-    assert closed == []  # abort does not report: the gateway was never told of it
+    assert events.closed == []  # abort does not report: the gateway was never told of it
     await session.close("deleted")  # idempotent, and reports nothing after an abort
-    assert closed == []
+    assert events.closed == []

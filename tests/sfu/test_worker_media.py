@@ -43,7 +43,7 @@ def _udp_sockets(pid: int) -> int:
 async def _open_publisher(worker: WorkerHarness, room: str = "r1", session: str = "pub"):  # type: ignore[no-untyped-def]
     pc = new_pc()
     offer = await publisher_offer(pc)
-    answer = await worker.request(m.OpenPublisher(room, session, offer))
+    answer = await worker.request(m.OpenSession("publisher", room, session, offer))
     assert isinstance(answer, m.SessionAnswer)
     return pc, answer
 
@@ -51,7 +51,7 @@ async def _open_publisher(worker: WorkerHarness, room: str = "r1", session: str 
 async def _open_viewer(worker: WorkerHarness, room: str, session: str):  # type: ignore[no-untyped-def]
     pc = new_pc()
     offer, counter = await viewer_offer(pc)
-    answer = await worker.request(m.OpenSubscriber(room, session, offer))
+    answer = await worker.request(m.OpenSession("subscriber", room, session, offer))
     assert isinstance(answer, m.SessionAnswer)
     await accept(pc, answer.answer)
     return pc, counter
@@ -102,10 +102,10 @@ async def test_second_publisher_and_unknown_room_are_refused(worker: WorkerHarne
     pc = new_pc()
     offer, _ = await viewer_offer(pc)
     with pytest.raises(RemoteFailure) as unknown:
-        await worker.request(m.OpenSubscriber("no-such-room", "v", offer))
+        await worker.request(m.OpenSession("subscriber", "no-such-room", "v", offer))
     assert unknown.value.code == "no_room"
     with pytest.raises(RemoteFailure) as bad:
-        await worker.request(m.OpenPublisher("r2", "p2", "v=0\r\nnonsense"))
+        await worker.request(m.OpenSession("publisher", "r2", "p2", "v=0\r\nnonsense"))
     assert bad.value.code == "bad_offer"
     await pc.close()
     await publisher.close()
@@ -160,7 +160,7 @@ async def test_hostile_packets_are_dropped_and_the_publisher_survives(
 async def test_unconnected_session_is_reaped_at_its_deadline(worker: WorkerHarness) -> None:
     pc = new_pc()
     offer = await publisher_offer(pc)
-    await worker.request(m.OpenPublisher("r1", "never", offer))
+    await worker.request(m.OpenSession("publisher", "r1", "never", offer))
     # The offer is answered but the client never connects; the deadline here is 5 s.
     await wait_for(
         lambda: any(s.session_id == "never" and s.state == "closed" for s in worker.states), 10
@@ -204,7 +204,7 @@ def _candidates(sdp: str) -> list[tuple[str, int]]:
 async def test_port_range_and_announced_address(worker: WorkerHarness) -> None:
     pc = new_pc()
     offer = await publisher_offer(pc)
-    answer = await worker.request(m.OpenPublisher("r1", "p", offer))
+    answer = await worker.request(m.OpenSession("publisher", "r1", "p", offer))
     assert isinstance(answer, m.SessionAnswer)
     candidates = _candidates(answer.answer)
     assert candidates
@@ -231,7 +231,7 @@ async def test_offer_without_usable_candidates_connects_peer_reflexively(
 
     hidden = "\r\n".join(h for h in (hide(line) for line in offer.splitlines()) if h)
     assert "a=end-of-candidates" in hidden
-    answer = await worker.request(m.OpenPublisher("r1", "pub", hidden + "\r\n"))
+    answer = await worker.request(m.OpenSession("publisher", "r1", "pub", hidden + "\r\n"))
     assert isinstance(answer, m.SessionAnswer)
     await accept(publisher, answer.answer)
     await wait_for(

@@ -1,7 +1,7 @@
 """Churn soak: sessions come and go for a long time; no process may keep what they left.
 
 A real gateway with 2 workers serves, round after round, two aiortc publishers that connect
-and send media (tests/clients/peer.py), a viewer per room that connects and decodes, a WHEP
+and send media (testkit/client.py), a viewer per room that connects and decodes, a WHEP
 offer per room that never connects, and pairs of WHIP offers that never connect; every
 session is DELETEd. Between rounds, once the gateway reports no session left, the test
 samples the gateway and each worker: RSS, open fds, threads, UDP sockets and (from /metrics,
@@ -34,8 +34,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, GatewayProcess, PeerProcess, spawn_peer
+from testkit.processes import REPO, GatewayProcess
 from tests.interop.sdp_offers import CHROME_AUDIO, CHROME_VIDEO, Section, browser_offer, only
+from tests.support.clients import PeerProcess, spawn_peer
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "1800"))
 WARMUP_SECONDS = float(os.environ.get("SOAK_WARMUP_SECONDS", "120"))
@@ -333,10 +334,10 @@ def _take_sample(gateway: GatewayProcess, t: float, quiet: bool) -> Sample:
     gateway_tasks, worker_tasks = _task_gauges(base)
     inodes = _udp_inodes()
     processes: dict[str, dict[str, Any]] = {}
-    figures = _process_figures(gateway.proc.pid, inodes)
-    processes["gateway"] = {"pid": gateway.proc.pid, **(figures or {})}
+    figures = _process_figures(gateway.process.pid, inodes)
+    processes["gateway"] = {"pid": gateway.process.pid, **(figures or {})}
     processes["gateway"]["asyncio_tasks"] = gateway_tasks
-    for pid in _child_pids(gateway.proc.pid):
+    for pid in _child_pids(gateway.process.pid):
         if not _is_worker(pid):
             continue
         name = worker_ids.get(pid, f"worker-pid-{pid}")

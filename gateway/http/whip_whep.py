@@ -1,0 +1,343 @@
+"""WHIP (RFC 9725) and WHEP endpoints and their session resources.
+
+Paths are live-webrtc-go's (/api/whip/publish/{room}, /api/whep/play/{room}) plus the session
+URLs it never had. Every check that can fail cheaply runs before a worker is asked anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Iterable
+from functools import partial
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.config import GatewayConfig, IceConfig
+from gateway.http.auth import AUTH_KEY, require_room
+from gateway.http.control import turn_credentials
+from gateway.http.drain import Drain, read_bounded_body
+from gateway.http.errors import RETRY_AFTER_SECONDS, HttpError, json_error, unavailable
+from gateway.http.ratelimit import request_client_key
+from gateway.metrics import COUNTERS_KEY
+from gateway.placement.directory import SessionDirectory, SessionEntry
+from gateway.placement.registry import Registry
+from gateway.sdpfrag import SdpFragment, parse_sdpfrag, summarize_offer
+from gateway.settings import ROOM_NAME_PATTERN
+from ipc.channel import IpcError, RequestTimeout
+from ipc.messages import SessionKind
+
+log = logging.getLogger(__name__)
+
+ROOM_NAME = ROOM_NAME_PATTERN
+SDP = "application/sdp"
+SDPFRAG = "application/trickle-ice-sdpfrag"
+
+ENDPOINT_METHODS = ("GET", "HEAD", "OPTIONS", "POST")
+SESSION_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH")
+# Where each kind of session lives: (endpoint prefix, session prefix).
+PREFIXES: dict[SessionKind, tuple[str, str]] = {
+    "publisher": ("/api/whip/publish/", "/api/whip/session/"),
+    "subscriber": ("/api/whep/play/", "/api/whep/session/"),
+}
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def ice_server_links(ice: IceConfig, room: str = "", with_turn: bool = True) -> list[str]:
+    """RFC 9725 §4.6 Link headers, one per STUN/TURN URL.
+
+    TURN entries (and their credentials: TURN REST ones with TURN_SECRET) only `with_turn`,
+    i.e. for a caller allowed to use the room.
+    """
+    links = [f'<{url}>; rel="ice-server"' for url in ice.stun_urls]
+    if not with_turn:
+        return links
+    credentials = turn_credentials(ice, room)
+    for url in ice.turn_urls:
+        link = f'<{url}>; rel="ice-server"'
+        if credentials is not None:
+            username, credential = credentials
+            link += (
+                f"; username={_quote(username)}"
+                f"; credential={_quote(credential)}"
+                '; credential-type="password"'
+            )
+        links.append(link)
+    return links
+
+
+def etag_matches(if_match: str, etag: str) -> bool:
+    """Strong comparison against a comma separated If-Match list (weak tags never match)."""
+    return any(candidate.strip() == etag for candidate in if_match.split(","))
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(24)  # 192 random bits: the URL is the session's credential
+
+
+def new_etag() -> str:
+    return _quote(secrets.token_urlsafe(12))
+
+
+def _method_not_allowed(allowed: Iterable[str]) -> HttpError:
+    allow = ", ".join(allowed)
+    return HttpError(405, "method_not_allowed", "method not allowed", {"Allow": allow})
+
+
+def _check_room(room: str) -> None:
+    if not ROOM_NAME.match(room):
+        raise HttpError(400, "invalid_room", "invalid room: use 1 to 64 of A-Z a-z 0-9 _ -")
+
+
+def _check_content_type(request: web.Request, expected: str) -> None:
+    if request.content_type.lower() != expected:
+        raise HttpError(415, "unsupported_media_type", f"Content-Type must be {expected}")
+
+
+class Api:
+    """The WHIP and WHEP endpoints and session resources, and the health checks."""
+
+    def __init__(self, config: GatewayConfig, registry: Registry, drain: Drain) -> None:
+        self.config = config
+        self.registry = registry
+        self.directory: SessionDirectory = registry.directory
+        self.drain = drain
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def draining(self) -> bool:
+        return self.drain.draining
+
+    def start_draining(self) -> None:
+        """Graceful shutdown: refuse new sessions, answer every request already started."""
+        self.drain.start()
+
+    # --- endpoints (POST creates a session) ----------------------------------------------
+
+    async def endpoint(self, kind: SessionKind, request: web.Request) -> web.StreamResponse:
+        method = request.method
+        if method == "OPTIONS":
+            return self._endpoint_options(request)
+        if method not in ENDPOINT_METHODS:
+            raise _method_not_allowed(ENDPOINT_METHODS)
+        _check_room(request.match_info.get("room", ""))
+        if method == "POST":
+            return await self._create_session(kind, request)
+        if method == "HEAD" and kind == "subscriber":
+            # WHEP discoverability: HEAD tells players "this URL speaks SDP".
+            return web.Response(status=200, content_type=SDP)
+        return web.Response(status=204)  # GET: RFC 9725 asks for 2xx without content
+
+    def _endpoint_options(self, request: web.Request) -> web.Response:
+        headers: CIMultiDict[str] = CIMultiDict({"Accept-Post": SDP})
+        # ICE servers only on a plain OPTIONS, never on a CORS preflight (RFC 9725 §4.6),
+        # and TURN only to a caller whose credentials grant the room.
+        room = request.match_info.get("room", "")
+        if "Access-Control-Request-Method" not in request.headers and ROOM_NAME.match(room):
+            with_turn = request.app[AUTH_KEY].may_use_room(request, room)
+            for link in ice_server_links(self.config.ice, room, with_turn):
+                headers.add("Link", link)
+        return web.Response(status=204, headers=headers)
+
+    async def _create_session(self, kind: SessionKind, request: web.Request) -> web.Response:
+        room = request.match_info["room"]
+        require_room(request, room)
+        _check_content_type(request, SDP)
+        offer = await read_bounded_body(request, self.config.http.max_body_bytes)
+        try:
+            summary = summarize_offer(offer)
+        except ValueError as exc:
+            raise HttpError(400, "bad_offer", str(exc)) from None
+        if self.draining:
+            raise unavailable("shutting_down", "the gateway is shutting down")
+        session_id, etag = new_session_id(), new_etag()
+        ufrag, pwd = summary.ice_ufrag or "", summary.ice_pwd or ""
+        client = request_client_key(request, self.config.limits.trusted_proxies)
+        self._check_caps(request, room, client)
+        # Reserved before the first await: a concurrent second publisher sees it (409) and
+        # the subscriber limit counts it; the caps above count it too.
+        if kind == "publisher":
+            session = self.directory.reserve_publisher(room, session_id, etag, ufrag, pwd)
+        else:
+            session = self.directory.reserve_subscriber(
+                room, session_id, etag, ufrag, pwd, self.config.limits.max_subs_per_room
+            )
+        session.client = client
+        try:
+            answer = await self.registry.open_session(session, offer)
+        except BaseException as exc:
+            self.directory.remove_session(session_id)
+            if isinstance(exc, RequestTimeout | asyncio.CancelledError):
+                # The worker may still create it after we stopped waiting; do not leak it.
+                self._close_in_background(session)
+            raise
+        if self.directory.get_session(session_id) is None:
+            # Its worker died (or closed it) while the answer was on its way.
+            raise unavailable("worker_gone", "the media worker went away; try again")
+        log.info("%s %s in room %s on %s", kind, session_id[:8], room, session.worker_id)
+        headers: CIMultiDict[str] = CIMultiDict()
+        headers["Location"] = PREFIXES[kind][1] + session_id
+        headers["ETag"] = etag
+        for link in ice_server_links(self.config.ice, room):
+            headers.add("Link", link)
+        # body= rather than text= keeps Content-Type exactly application/sdp (no charset).
+        return web.Response(
+            status=201, body=answer.answer.encode(), content_type=SDP, headers=headers
+        )
+
+    def _check_caps(self, request: web.Request, room: str, client: str) -> None:
+        """MAX_SESSIONS_PER_IP, MAX_PENDING_SESSIONS_PER_IP, MAX_PENDING_SESSIONS and
+        MAX_SESSIONS_PER_WORKER, before reserving. Counted by walking the sessions, and only
+        for the caps that are set."""
+        config = self.config.limits
+        if not (
+            config.max_pending_sessions
+            or config.max_pending_sessions_per_ip
+            or config.max_sessions_per_worker
+            or config.max_sessions_per_ip
+        ):
+            return
+        worker_id = self.directory.worker_for_room(room)
+        pending = on_worker = from_client = pending_from_client = 0
+        for session in self.directory.sessions.values():
+            pending += not session.connected
+            on_worker += session.worker_id == worker_id
+            if session.client == client:
+                from_client += 1
+                pending_from_client += not session.connected
+        refusal: HttpError | None = None
+        if config.max_sessions_per_ip and from_client >= config.max_sessions_per_ip:
+            refusal = HttpError(
+                429,
+                "too_many_sessions_from_client",
+                f"this address already has {from_client} sessions "
+                f"(MAX_SESSIONS_PER_IP={config.max_sessions_per_ip}); close one first",
+            )
+        elif (
+            config.max_pending_sessions_per_ip
+            and pending_from_client >= config.max_pending_sessions_per_ip
+        ):
+            # One address must not fill MAX_PENDING_SESSIONS and shut everyone else out.
+            refusal = HttpError(
+                429,
+                "too_many_pending_sessions_from_client",
+                f"this address already has {pending_from_client} sessions still connecting "
+                f"(MAX_PENDING_SESSIONS_PER_IP={config.max_pending_sessions_per_ip}); "
+                "let them connect or close them first",
+                {"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        elif config.max_pending_sessions and pending >= config.max_pending_sessions:
+            refusal = unavailable(
+                "too_many_pending_sessions",
+                f"{pending} sessions are still connecting (MAX_PENDING_SESSIONS); try again",
+            )
+        elif (
+            worker_id is not None
+            and config.max_sessions_per_worker
+            and on_worker >= config.max_sessions_per_worker
+        ):
+            refusal = unavailable(
+                "worker_full",
+                f"the media worker for room {room!r} holds {on_worker} sessions "
+                f"(MAX_SESSIONS_PER_WORKER); try again later",
+            )
+        if refusal is not None:
+            request.app[COUNTERS_KEY].sessions_refused.labels(refusal.code).inc()
+            raise refusal
+
+    def _close_in_background(self, session: SessionEntry) -> None:
+        async def close() -> None:
+            try:
+                await self.registry.close_session(session)
+            except IpcError as exc:
+                log.debug("background close of %s: %s", session.session_id[:8], exc)
+
+        task = asyncio.get_running_loop().create_task(close())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- session resources ---------------------------------------------------------------
+
+    async def session(self, kind: SessionKind, request: web.Request) -> web.StreamResponse:
+        method = request.method
+        if method == "OPTIONS":
+            return web.Response(status=204, headers={"Accept-Patch": SDPFRAG})
+        if method not in SESSION_METHODS:
+            raise _method_not_allowed(SESSION_METHODS)
+        session = self.directory.get_session(request.match_info["session_id"])
+        if session is None or session.kind != kind:
+            raise HttpError(404, "unknown_session", "no such session")
+        if method == "DELETE":
+            return await self._delete(session)
+        if method == "PATCH":
+            return await self._patch(session, request)
+        return web.Response(status=204)  # GET/HEAD: 2xx without content
+
+    async def _delete(self, session: SessionEntry) -> web.Response:
+        # Forget it first so that concurrent requests on this URL already see 404.
+        self.directory.remove_session(session.session_id)
+        try:
+            await self.registry.close_session(session)
+        except IpcError as exc:
+            # The session is gone from the client's point of view either way: a dead worker
+            # took it along, and a hung one is declared dead by the heartbeat check.
+            log.info("close of %s on %s: %s", session.session_id[:8], session.worker_id, exc)
+        return web.Response(status=200)
+
+    async def _patch(self, session: SessionEntry, request: web.Request) -> web.Response:
+        _check_content_type(request, SDPFRAG)
+        if_match = request.headers.get("If-Match")
+        if if_match is None:
+            raise HttpError(428, "precondition_required", "PATCH needs an If-Match header")
+        text = await read_bounded_body(request, self.config.http.max_body_bytes)
+        try:
+            fragment = parse_sdpfrag(text)
+        except ValueError as exc:
+            raise HttpError(400, "bad_fragment", str(exc)) from None
+        if if_match.strip() == "*" or _is_ice_restart(fragment, session):
+            raise HttpError(
+                422,
+                "ice_restart_unsupported",
+                "ICE restart is not supported; start a new session",
+            )
+        if not etag_matches(if_match, session.etag):
+            raise HttpError(412, "precondition_failed", "If-Match does not match the session ETag")
+        await self.registry.add_candidates(session, fragment)
+        return web.Response(status=204)
+
+    # --- health ----------------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return json_error(503, "shutting_down", "the gateway is shutting down")
+        if self.registry.live_worker_count() == 0:
+            return json_error(503, "no_worker", "no media worker is registered")
+        return web.Response(text="ready")
+
+
+def _is_ice_restart(fragment: SdpFragment, session: SessionEntry) -> bool:
+    """New client credentials mean a restart (RFC 9725 §4.3.2 overrides RFC 8840's discard)."""
+    changed_ufrag = fragment.ice_ufrag not in (None, session.ice_ufrag)
+    changed_pwd = fragment.ice_pwd not in (None, session.ice_pwd)
+    # An offer without credentials gives nothing to compare against.
+    return bool(session.ice_ufrag) and (changed_ufrag or changed_pwd)
+
+
+API_KEY = web.AppKey("api", Api)
+
+
+def add_routes(app: web.Application, api: Api) -> None:
+    for kind, (endpoint_prefix, session_prefix) in PREFIXES.items():
+        endpoint_handler = partial(api.endpoint, kind)
+        # The bare prefix and an empty room reach the handler too, for a 400 "invalid room".
+        app.router.add_route("*", endpoint_prefix.rstrip("/"), endpoint_handler)
+        app.router.add_route("*", endpoint_prefix + "{room:[\\s\\S]*}", endpoint_handler)
+        app.router.add_route("*", session_prefix + "{session_id}", partial(api.session, kind))

@@ -1,0 +1,286 @@
+"""Spawns and respawns the local media workers (the arbiter part of gunicorn, in asyncio).
+
+A local worker gets every setting on its command line, written through the worker's own
+settings table (common/worker_settings.py) from the gateway's configuration; none reaches it
+through the environment, which is stripped of every variable either table names.
+
+One slot per worker: a slot keeps its worker id and its UDP port sub-range across respawns,
+so a replacement worker binds the same ports. A worker that dies before it ever registered
+is a boot failure: retried with exponential backoff, and after MAX_BOOT_FAILURES in a row the
+slot is given up. Nothing here ever loops tightly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import worker_settings
+from common.worker_settings import WorkerSettings
+from gateway import settings as gateway_settings
+from gateway.config import GatewayConfig
+
+log = logging.getLogger(__name__)
+
+MAX_BOOT_FAILURES = 5
+FIRST_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
+# A worker that registered and then died is replaced at once, but not more often than this,
+# so a worker that crashes right after registering cannot spin the CPU.
+MIN_RESPAWN_INTERVAL_S = 1.0
+STOP_GRACE_S = 5.0
+# A worker declared dead gets SIGTERM first (it may only have been slow, and can then close
+# its files and sockets), and SIGKILL if it is still there after this.
+KILL_GRACE_S = 2.0
+EXIT_BOOT_FAILURE = 3  # the worker's code for "retrying will not help soon"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Neither the gateway's settings (its secrets among them) nor a worker setting the gateway
+# did not write on the command line may reach a worker through its environment.
+_SETTINGS_ENV = frozenset(
+    setting.env for setting in gateway_settings.SETTINGS + worker_settings.SETTINGS
+)
+
+
+@dataclass
+class Slot:
+    index: int
+    udp_ports: tuple[int, int] | None
+    process: asyncio.subprocess.Process | None = None
+    registered: bool = False
+    boot_failures: int = 0
+    given_up: bool = False
+
+    @property
+    def worker_id(self) -> str:
+        return f"local-{self.index}"
+
+
+def split_port_range(ports: tuple[int, int], slots: int) -> list[tuple[int, int]]:
+    """Cut LOW-HIGH into `slots` contiguous sub-ranges; the first ones get the remainder."""
+    low, high = ports
+    total = high - low + 1
+    size, extra = divmod(total, slots)
+    ranges: list[tuple[int, int]] = []
+    start = low
+    for slot in range(slots):
+        width = size + (1 if slot < extra else 0)
+        ranges.append((start, start + width - 1))
+        start += width
+    return ranges
+
+
+def backoff_delay(consecutive_failures: int) -> float:
+    """1 s after the first boot failure, doubling, capped at 30 s."""
+    exponent = max(consecutive_failures - 1, 0)
+    return float(min(FIRST_BACKOFF_S * 2**exponent, MAX_BACKOFF_S))
+
+
+def local_worker_settings(config: GatewayConfig, slot: Slot, connect: str) -> WorkerSettings:
+    """What the local worker of `slot` runs with: the gateway's own settings for them."""
+    media = config.media
+    return WorkerSettings(
+        connect=connect,
+        worker_id=slot.worker_id,
+        worker_token="",  # local workers prove themselves by their pid instead
+        udp_ports=slot.udp_ports,
+        bind_addresses=media.bind_addresses,
+        public_ip=media.public_ip,
+        session_connect_timeout=media.session_connect_timeout,
+        instant_start=media.instant_start,
+        instant_start_max_bytes=media.instant_start_max_bytes,
+        record_enabled=config.recording.record_enabled,
+        # Absolute: the gateway's uploader and its workers must see the same directory.
+        record_dir=os.path.abspath(config.recording.record_dir),
+        transport_cc=media.transport_cc,
+        gateway_timeout=config.workers.gateway_timeout,
+        parent_pid=os.getpid(),
+        log_level=config.observability.log_level,
+    )
+
+
+def worker_command(config: GatewayConfig, slot: Slot, connect: str) -> list[str]:
+    """The command line of one local worker; flags with an empty value are left out."""
+    settings = local_worker_settings(config, slot, connect)
+    return [sys.executable, "-m", "sfu", *worker_settings.to_argv(settings)]
+
+
+def worker_environment() -> dict[str, str]:
+    """Make `python -m sfu` importable even when the project is not installed; and keep every
+    setting out of it: a worker's come on its command line, and the gateway's secrets
+    (tokens, JWT and TURN secrets) are none of a worker's business."""
+    env = {name: value for name, value in os.environ.items() if name not in _SETTINGS_ENV}
+    paths = [str(PROJECT_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+def _kill_if_running(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        log.warning("pid %d outlived SIGTERM; killing it", process.pid)
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        connect: str,
+        on_exit: Callable[[str, int], None],
+    ) -> None:
+        self.config = config
+        self.connect = connect
+        self._on_exit = on_exit
+        port_ranges: list[tuple[int, int] | None]
+        udp_ports, count = config.media.udp_ports, config.workers.count
+        if udp_ports is not None and count > 0:
+            port_ranges = list(split_port_range(udp_ports, count))
+        else:
+            port_ranges = [None] * count
+        self.slots = [Slot(index, ports) for index, ports in enumerate(port_ranges)]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run_slot(slot)) for slot in self.slots]
+
+    # --- hooks for the registry -----------------------------------------------------------
+
+    def _slot_of(self, worker_id: str) -> Slot | None:
+        for slot in self.slots:
+            if slot.worker_id == worker_id:
+                return slot
+        return None
+
+    def pid_of(self, worker_id: str) -> int | None:
+        slot = self._slot_of(worker_id)
+        if slot is None or slot.process is None or slot.process.returncode is not None:
+            return None
+        return slot.process.pid
+
+    def worker_registered(self, worker_id: str) -> None:
+        slot = self._slot_of(worker_id)
+        if slot is not None:
+            slot.registered = True
+            slot.boot_failures = 0
+
+    def kill_worker(self, worker_id: str) -> None:
+        """The registry declared this worker dead: make sure it is (SIGTERM, then SIGKILL,
+        which also ends a stopped one)."""
+        slot = self._slot_of(worker_id)
+        if slot is None or slot.process is None or slot.process.returncode is not None:
+            return
+        process = slot.process
+        log.warning(
+            "stopping %s (pid %d): SIGTERM, then SIGKILL after %g s",
+            worker_id,
+            process.pid,
+            KILL_GRACE_S,
+        )
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        asyncio.get_running_loop().call_later(KILL_GRACE_S, _kill_if_running, process)
+
+    # --- the slot loop --------------------------------------------------------------------
+
+    async def _spawn(self, slot: Slot) -> asyncio.subprocess.Process | None:
+        command = worker_command(self.config, slot, self.connect)
+        try:
+            return await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                env=worker_environment(),
+                # Own session: a Ctrl+C in the terminal reaches only the gateway, which then
+                # stops the workers in order instead of racing them.
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log.error("could not start %s: %s", slot.worker_id, exc)
+            return None
+
+    async def _run_slot(self, slot: Slot) -> None:
+        while not self._stopping.is_set():
+            slot.registered = False
+            started = time.monotonic()
+            process = await self._spawn(slot)
+            exit_code = -1
+            if process is not None:
+                slot.process = process
+                log.info("started %s (pid %d)", slot.worker_id, process.pid)
+                exit_code = await process.wait()
+                self._on_exit(slot.worker_id, process.pid)
+            if self._stopping.is_set():
+                return
+            delay = self._after_exit(slot, exit_code, time.monotonic() - started)
+            if delay is None:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    def _after_exit(self, slot: Slot, exit_code: int, lifetime: float) -> float | None:
+        """How long to wait before the respawn, or None to give the slot up."""
+        if slot.registered:
+            slot.boot_failures = 0
+            log.warning("%s exited with code %d; respawning", slot.worker_id, exit_code)
+            return max(MIN_RESPAWN_INTERVAL_S - lifetime, 0.0)
+        slot.boot_failures += 1
+        why = (
+            " (boot failure: configuration or environment)"
+            if exit_code == EXIT_BOOT_FAILURE
+            else ""
+        )
+        if slot.boot_failures >= MAX_BOOT_FAILURES:
+            slot.given_up = True
+            log.error(
+                "%s failed to start %d times in a row (last exit code %d%s); giving up this slot",
+                slot.worker_id,
+                slot.boot_failures,
+                exit_code,
+                why,
+            )
+            return None
+        delay = backoff_delay(slot.boot_failures)
+        log.error(
+            "%s exited with code %d%s before registering; retrying in %g s",
+            slot.worker_id,
+            exit_code,
+            why,
+            delay,
+        )
+        return delay
+
+    # --- shutdown -------------------------------------------------------------------------
+
+    def _running(self) -> list[asyncio.subprocess.Process]:
+        return [
+            s.process for s in self.slots if s.process is not None and s.process.returncode is None
+        ]
+
+    async def stop(self, graceful: bool = True) -> None:
+        """SIGTERM every worker and SIGKILL what is left after STOP_GRACE_S (or SIGKILL at once)."""
+        self._stopping.set()
+        processes = self._running()
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+        if processes:
+            waits = [asyncio.ensure_future(p.wait()) for p in processes]
+            _done, pending = await asyncio.wait(waits, timeout=STOP_GRACE_S if graceful else 1.0)
+            for process in self._running():
+                log.warning("worker pid %d did not stop in time; killing it", process.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=2.0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,237 @@
+"""What WHIP and WHEP sessions share: one aiortc RTCPeerConnection each (mediasoup's
+Transport), created by its room (`Room.open_session`) and closed in one of three ways:
+
+* by the user (`close("deleted")`, a DELETE) or by itself (ICE/DTLS failed, never
+  connected): the session tells its room, which forgets it and closes itself once empty;
+* by its room (`parent_closed`, the room is closing): the room already forgets it;
+* `abort()`, when opening failed: nobody is told, since the gateway never got an answer.
+
+Each of them runs the same idempotent teardown, which cannot raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Literal
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+from aiortc.sdp import SessionDescription, candidate_from_sdp
+
+from sfu import aiortc_adapter as adapter
+from sfu.media import ForwardingStats
+from sfu.sdp import (
+    announce_public_ip,
+    check_transport,
+    echo_h264_levels,
+    reduce_offer,
+    restore_rejected,
+    strip_mdns_candidates,
+)
+
+if TYPE_CHECKING:
+    from sfu.room import Room
+
+log = logging.getLogger(__name__)
+
+RTX_CAPABILITY = RTCRtpCodecCapability(mimeType="video/rtx", clockRate=90000)
+
+
+MAX_ERROR_DETAIL = 200
+
+
+class OfferError(ValueError):
+    """The offer cannot be served; the message is for the HTTP client."""
+
+
+class CapacityError(RuntimeError):
+    """This worker cannot take the session now (no free UDP port); retrying later may work."""
+
+
+SessionKind = Literal["publisher", "subscriber"]
+
+
+class SessionSettings:
+    def __init__(
+        self, *, connect_timeout: float, public_ip: str | None, transport_cc: bool = True
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.public_ip = public_ip
+        # Answer publishers' transport-cc and send them its feedback (sfu.media.transport_cc).
+        self.transport_cc = transport_cc
+
+
+class Session:
+    kind: SessionKind
+
+    def __init__(self, room: Room, session_id: str, settings: SessionSettings) -> None:
+        """Sessions are made by their room (Room.open_session), which is their parent."""
+        self.room = room
+        self.id = session_id
+        self.settings = settings
+        self.stats: ForwardingStats = room.stats
+        adapter.install_negotiation()
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.connected = False
+        self.closed = False
+        self._deadline: asyncio.TimerHandle | None = None
+        self._mids: list[str] = []
+
+    async def open(self, offer_sdp: str) -> str:
+        """Answer the client's offer; OfferError for what the client sent."""
+        raise NotImplementedError
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def _watch_connection(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(self.settings.connect_timeout, self._connect_deadline)
+
+        @self.pc.on("connectionstatechange")
+        def on_change() -> None:
+            state = self.pc.connectionState
+            if state == "connected" and not self.connected and not self.closed:
+                self.connected = True
+                if self._deadline is not None:
+                    self._deadline.cancel()
+                    self._deadline = None
+                self.on_connected()
+                self.room.session_connected(self)
+            elif state in ("failed", "closed") and not self.closed:
+                asyncio.ensure_future(self.close(f"connection {state}"))
+
+    def _connect_deadline(self) -> None:
+        self._deadline = None
+        if not self.connected and not self.closed:
+            timeout = self.settings.connect_timeout
+            asyncio.ensure_future(self.close(f"not connected within {timeout:g} s"))
+
+    def on_connected(self) -> None:
+        """Subclasses start forwarding here."""
+
+    def count_drop(self, reason: str) -> None:
+        self.stats.dropped += 1
+
+    async def close(self, reason: str) -> None:
+        """Close on the user's request or on its own; its room forgets it and is told once."""
+        if self.closed:
+            return
+        try:
+            await self.abort()
+        finally:
+            self.room.session_closed(self, reason)
+
+    async def parent_closed(self, reason: str) -> None:
+        """Its room is closing (and forgets every session itself): close, and report it."""
+        if self.closed:
+            return
+        try:
+            await self.abort()
+        finally:
+            self.room.report_closed(self, reason)
+
+    async def abort(self) -> None:
+        """Close without reporting: for a session whose opening failed.
+
+        Nothing here may raise: aiortc can fail to close a half-built connection (after an
+        offer it could not answer), and the session must be released all the same.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        try:
+            self.detach()
+        except Exception:
+            log.warning("session %s: detaching failed", self.id[:8], exc_info=True)
+        try:
+            await self.pc.close()
+        except Exception:  # a half-built connection may fail to close; it is gone either way
+            log.debug("closing peer connection of %s failed", self.id[:8], exc_info=True)
+            await _stop_ice_transports(self.pc)  # its UDP ports, at least, must be freed
+
+    def detach(self) -> None:
+        """Subclasses unhook from the room's forwarders here."""
+
+    # --- signalling ---------------------------------------------------------------------
+
+    async def _answer(
+        self, offer_sdp: str, description: SessionDescription, keep: list[int]
+    ) -> str:
+        """Negotiate the offer's sections at `keep`; the answer rejects every other one."""
+        try:
+            check_transport(description, keep)
+        except ValueError as exc:
+            raise OfferError(str(exc)) from None
+        reduced = strip_mdns_candidates(reduce_offer(offer_sdp, keep))
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(reduced, "offer"))
+            answer = await self.pc.createAnswer()
+        except (OperationError, InvalidAccessError, InvalidStateError, ValueError) as exc:
+            raise OfferError(f"cannot use this offer: {_detail(exc)}") from None
+        except (AttributeError, KeyError, IndexError, TypeError, AssertionError) as exc:
+            # aiortc's negotiation has only the offer as input, and these are how it fails
+            # on offers it did not expect; check_structure refuses the known ones earlier.
+            log.info("session %s: aiortc cannot answer the offer: %r", self.id[:8], exc)
+            raise OfferError(f"cannot answer this offer: {_detail(exc)}") from None
+        gathering = time.monotonic()
+        await self.pc.setLocalDescription(answer)
+        local = self.pc.localDescription
+        if "\na=candidate:" not in local.sdp:
+            # aioice skips an address whose bind fails: an answer without a candidate could
+            # never connect, so it is not sent.
+            if adapter.udp_ports_exhausted_since(gathering):
+                raise CapacityError("no free UDP port for a new session")
+            raise RuntimeError("ICE gathered no local candidate")
+        self._mids = [t.mid for t in self.pc.getTransceivers() if t.mid is not None]
+        try:
+            full = echo_h264_levels(restore_rejected(local.sdp, offer_sdp, keep), description)
+        except ValueError as exc:
+            raise OfferError(f"cannot answer this offer: {exc}") from None
+        return announce_public_ip(full, self.settings.public_ip)
+
+    async def add_candidates(self, candidates: list[str], mid: str | None, end: bool) -> None:
+        sdp_mid = mid if mid in self._mids else (self._mids[0] if self._mids else None)
+        for value in candidates:
+            text = value[len("candidate:") :] if value.startswith("candidate:") else value
+            try:
+                candidate = candidate_from_sdp(text)
+            # aiortc's parser asserts on a short line (an empty foundation, for one).
+            except (ValueError, IndexError, AssertionError) as exc:
+                raise OfferError(f"malformed candidate {value[:100]!r}: {_detail(exc)}") from None
+            if candidate.ip.lower().endswith(".local"):
+                continue  # mDNS: see strip_mdns_candidates
+            usable = candidate.component == 1 and candidate.protocol.lower() == "udp"
+            if not usable or not candidate.port:
+                continue  # nothing aioice could pair: one component (rtcp-mux), UDP only
+            candidate.sdpMid = sdp_mid
+            try:
+                await self.pc.addIceCandidate(candidate)
+            except ValueError as exc:  # aioice: a candidate after end-of-candidates
+                raise OfferError(f"candidate {value[:100]!r} refused: {_detail(exc)}") from None
+        if end and adapter.remote_candidate_count(self.pc) > 0:
+            # aiortc's end-of-candidates. Never on an empty list: aioice would fail the
+            # connection at once, where a peer-reflexive candidate may still come.
+            try:
+                await self.pc.addIceCandidate(None)
+            except ValueError:
+                pass  # a second end-of-candidates changes nothing
+
+
+async def _stop_ice_transports(pc: RTCPeerConnection) -> None:
+    for transceiver in pc.getTransceivers():
+        for dtls in (transceiver.receiver.transport, transceiver.sender.transport):
+            try:
+                await dtls.transport.stop()
+            except Exception:
+                log.debug("stopping an ICE transport failed", exc_info=True)
+
+
+def _detail(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= MAX_ERROR_DETAIL else text[:MAX_ERROR_DETAIL] + "…"
