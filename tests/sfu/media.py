@@ -9,8 +9,11 @@ import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
-from aiortc.rtp import RtpPacket
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from av import VideoFrame
+
+from sfu.rtp import AUDIO_LEVEL_URI, MID_URI
 
 
 class MovingPattern(VideoStreamTrack):
@@ -146,3 +149,17 @@ class ReceivedRtp:
             counts[ssrc] = counts.get(ssrc, 0) + 1
         main = max(counts, key=lambda s: counts[s])
         return [p for p in packets if p[0] == main]
+
+
+def extensions_map(**ids: int) -> HeaderExtensionsMap:
+    """aiortc's map of the MID and audio-level extensions at the given ids."""
+    uris = {"mid": MID_URI, "audio_level": AUDIO_LEVEL_URI}
+    ext_map = HeaderExtensionsMap()
+    ext_map.configure(
+        RTCRtpParameters(
+            headerExtensions=[
+                RTCRtpHeaderExtensionParameters(id=i, uri=uris[name]) for name, i in ids.items()
+            ]
+        )
+    )
+    return ext_map

@@ -5,30 +5,16 @@ Outputs send into lists; the bytes are compared whole, against fixtures.
 
 from __future__ import annotations
 
-from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
-from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+from aiortc.rtp import RtpPacket
 
 from sfu.aiortc_adapter import SenderState
 from sfu.codecs import CodecKey
 from sfu.media.fanout import AUDIO_LEVEL_SLOT, Fanout, Output, header_template
 from sfu.media.stats import ForwardingStats
-from sfu.rtp import AUDIO_LEVEL_URI, MID_URI
+from tests.sfu.media import extensions_map
 
 VP8 = CodecKey("video/vp8", 90000, "")
 OPUS = CodecKey("audio/opus", 48000, "")
-
-
-def _extensions_map(**ids: int) -> HeaderExtensionsMap:
-    uris = {"mid": MID_URI, "audio_level": AUDIO_LEVEL_URI}
-    ext_map = HeaderExtensionsMap()
-    ext_map.configure(
-        RTCRtpParameters(
-            headerExtensions=[
-                RTCRtpHeaderExtensionParameters(id=i, uri=uris[name]) for name, i in ids.items()
-            ]
-        )
-    )
-    return ext_map
 
 
 def _output(
@@ -59,7 +45,7 @@ def test_header_template_carries_mid_in_one_byte_extension() -> None:
     assert bytes(header_template(9, "1")) == expected
     header = header_template(9, "1")
     header[1] = 100
-    parsed = RtpPacket.parse(bytes(header) + b"payload", _extensions_map(mid=9))
+    parsed = RtpPacket.parse(bytes(header) + b"payload", extensions_map(mid=9))
     assert parsed.extensions.mid == "1"
     assert parsed.payload == b"payload"
     assert parsed.payload_type == 100
@@ -71,7 +57,7 @@ def test_header_template_without_mid_is_bare() -> None:
 
 def test_audio_level_slot_is_padding_until_filled_then_parses() -> None:
     header = header_template(3, "0", audio_level_id=5)
-    ext_map = _extensions_map(mid=3, audio_level=5)
+    ext_map = extensions_map(mid=3, audio_level=5)
     blank = RtpPacket.parse(bytes(header) + b"opus", ext_map)
     assert blank.extensions.mid == "0" and blank.extensions.audio_level is None
     header[AUDIO_LEVEL_SLOT] = 5 << 4
@@ -191,7 +177,7 @@ def test_audio_level_goes_into_each_viewers_slot_under_its_id() -> None:
         fanout.forward(1, 960, 0, 0, b"opus", 1.0, 1)
     for level_id, packets in sent.items():
         received = [
-            RtpPacket.parse(p, _extensions_map(mid=4, audio_level=level_id)) for p in packets
+            RtpPacket.parse(p, extensions_map(mid=4, audio_level=level_id)) for p in packets
         ]
         assert [p.extensions.audio_level for p in received] == [(True, 30), (False, 127), None]
         assert {p.extensions.mid for p in received} == {"1"}

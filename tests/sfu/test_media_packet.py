@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfu.media.packet import RtpView, extension_element, find_extension, payload_offset
-from sfu.rtp import AUDIO_LEVEL_URI, MID_URI
+from sfu.rtp import MID_URI
+from tests.sfu.media import extensions_map
 
 # A browser-like VP8 packet: marker, PT 96, seq 0x1234, ts 0x00015f90, SSRC 0xcafebabe,
 # a one-byte extension block (mid "1" under id 4, transport-wide seq 0x0102 under id 3).
@@ -95,26 +96,13 @@ def test_a_padding_count_that_lies_is_kept_for_the_stages_to_judge() -> None:
     assert view.padding == 255 and view.payload_offset == 12
 
 
-def _extensions_map(**ids: int) -> HeaderExtensionsMap:
-    uris = {"mid": MID_URI, "audio_level": AUDIO_LEVEL_URI}
-    ext_map = HeaderExtensionsMap()
-    ext_map.configure(
-        RTCRtpParameters(
-            headerExtensions=[
-                RTCRtpHeaderExtensionParameters(id=i, uri=uris[name]) for name, i in ids.items()
-            ]
-        )
-    )
-    return ext_map
-
-
 @pytest.mark.parametrize("two_byte", [False, True])
 def test_extension_element_finds_a_value_among_others(two_byte: bool) -> None:
     packet = RtpPacket(payload_type=111, sequence_number=1, timestamp=2, ssrc=3)
     packet.extensions.mid = "audio-mid"
     packet.extensions.audio_level = (False, 77)
     packet.payload = b"xyz"
-    data = packet.serialize(_extensions_map(mid=1, audio_level=12 if two_byte else 2))
+    data = packet.serialize(extensions_map(mid=1, audio_level=12 if two_byte else 2))
     if two_byte:  # id 12 is fine in one-byte form too; rebuild the block in two-byte form
         data = (
             data[:12]
