@@ -266,7 +266,7 @@ def use_single_nal_packetization() -> None:
         return original(codec)
 
     # The sender module's own binding of aiortc.codecs.get_encoder: what its senders call.
-    aiortc_rtcrtpsender.get_encoder = get_encoder
+    aiortc_rtcrtpsender.get_encoder = get_encoder  # type: ignore[attr-defined]  # an imported name
 
 
 def use_large_packets(payload_bytes: int) -> None:
