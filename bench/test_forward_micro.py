@@ -264,7 +264,7 @@ def test_cache_insert_without_viewers(benchmark) -> None:  # type: ignore[no-unt
 
     def one_packet() -> None:
         position[0] = (position[0] + 1) & 4095
-        forwarder.on_rtp(packets[position[0]], 42, False)
+        forwarder.on_rtp(packets[position[0]], False)
 
     benchmark(one_packet)
     assert stats.dropped == 0 and stats.packets_out == 0
@@ -332,7 +332,7 @@ def test_fanout_one_packet_to_n_viewers(benchmark, viewers: int) -> None:  # typ
 
         def one_packet() -> None:
             position[0] = (position[0] + 1) & 1023
-            forwarder.on_rtp(packets[position[0]], 42, False)
+            forwarder.on_rtp(packets[position[0]], False)
 
         benchmark(one_packet)
         seq = position[0]

@@ -1,18 +1,17 @@
 """Pure RTP/RTCP helpers beside the per-packet path: no I/O, errors are ValueError.
 
 Reading an RTP header is sfu.media.packet's (`RtpView`, the one parser) and writing a
-viewer's header is sfu.media.fanout's (`header_template`); `payload_offset` and
-`extension_element` are re-exported here for tools that look at raw packets.
+viewer's header is sfu.media.fanout's (`header_template`); `payload_offset` is re-exported
+here for tools that look at raw packets.
 """
 
 from __future__ import annotations
 
-from sfu.media.packet import extension_element, payload_offset
+from sfu.media.packet import payload_offset
 
 __all__ = [
     "AUDIO_LEVEL_URI",
     "MID_URI",
-    "extension_element",
     "is_rtcp",
     "parse_nack_fci",
     "payload_offset",

@@ -134,10 +134,3 @@ def find_extension(data: bytes, start: int, extension_id: int) -> int:
                 return pos + 2 if data[pos + 1] and pos + 2 < end else -1
             pos += 2 + data[pos + 1]
     return -1
-
-
-def extension_element(data: bytes, extension_id: int) -> int:
-    """find_extension on raw bytes whose header was not parsed (never raises)."""
-    if len(data) < 12 or not data[0] & EXTENSION_BIT:
-        return -1
-    return find_extension(data, 12 + 4 * (data[0] & 0x0F), extension_id)

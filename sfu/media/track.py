@@ -174,11 +174,9 @@ class TrackForwarder:
         for tap in self.taps:
             tap(seq, ts, marker, payload, epoch)
 
-    def on_rtp(self, data: bytes, ssrc: int, rtx: bool) -> None:
-        """`receive` for raw bytes: parse, count a malformed packet as dropped.
-
-        ssrc: unused (the header's is read); kept for callers that pass it.
-        """
+    def on_rtp(self, data: bytes, rtx: bool) -> None:
+        """`receive` for raw bytes (tests, tools): parse, count a malformed packet as
+        dropped. The publisher's ingress parses itself and calls `receive`."""
         try:
             packet = RtpView(data)
         except ValueError:

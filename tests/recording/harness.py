@@ -92,7 +92,7 @@ async def feed(
     yielding to the loop now and then so the keyframe requests posted by the writer run)."""
     forwarder = session.forwarder
     for index, (seq, ts, marker, payload) in enumerate(packets):
-        forwarder.on_rtp(rtp(seq, ts, marker, payload, ssrc), ssrc, False)
+        forwarder.on_rtp(rtp(seq, ts, marker, payload, ssrc), False)
         if pace:
             await asyncio.sleep(pace)
         elif index % 50 == 0:
@@ -178,7 +178,7 @@ async def _paced_recording(directory: Path, codec: str, seconds: float, then: st
     for index, frame in enumerate(frames):
         for position, payload in enumerate(frame.payloads):
             marker = position == len(frame.payloads) - 1
-            session.forwarder.on_rtp(rtp(seq & 0xFFFF, frame.ts, marker, payload), SSRC, False)
+            session.forwarder.on_rtp(rtp(seq & 0xFFFF, frame.ts, marker, payload), False)
             seq += 1
         await asyncio.sleep(max(0.0, started + (index + 1) / rate - time.monotonic()))
         if not announced:

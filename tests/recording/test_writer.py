@@ -120,7 +120,7 @@ async def test_a_writer_that_falls_behind_marks_a_gap_and_forwarding_never_waits
     session = await open_session(tmp_path, "vp8")
     forwarder = session.forwarder
     for seq, ts, marker, payload in packets:  # no yield: the writer thread cannot keep up
-        forwarder.on_rtp(_rtp(seq, ts, marker, payload), 1, False)
+        forwarder.on_rtp(_rtp(seq, ts, marker, payload), False)
     assert forwarder.stats.packets_in == len(packets)  # every packet went through
     [track] = session.recorder.rooms["room1"]
     assert track.dropped > 0

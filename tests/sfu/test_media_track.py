@@ -201,10 +201,10 @@ def test_padding_only_and_malformed_packets_are_not_forwarded() -> None:
     track = _Track()
     sent: list[bytes] = []
     track.forwarder.attach(_output(sent, track.stats))
-    track.forwarder.on_rtp(b"\x90\x60" + b"\x00" * 10 + b"\xbe\xde\x00\x09", 1111, False)
+    track.forwarder.on_rtp(b"\x90\x60" + b"\x00" * 10 + b"\xbe\xde\x00\x09", False)
     probe = RtpPacket(payload_type=97, sequence_number=1, timestamp=1, ssrc=2222)
     probe.padding_size = 200
-    track.forwarder.on_rtp(probe.serialize(), 2222, True)
+    track.forwarder.on_rtp(probe.serialize(), True)
     padded = RtpPacket(payload_type=96, sequence_number=1, timestamp=1, ssrc=1111)
     padded.padding_size = 100
     track.forwarder.receive(RtpView(padded.serialize()), False)
