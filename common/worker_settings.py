@@ -136,6 +136,14 @@ PARENT_PID = Setting(
     parse_optional_pid,
     format=format_optional,
 )
+PLANE = Setting(
+    "plane",
+    "SFU_PLANE",
+    "",
+    "name of this host's shared-memory media plane: local workers of one gateway share one "
+    "and read each other's rings (set by the gateway for its local workers; empty: none)",
+    text,
+)
 LOG_LEVEL = Setting(
     "log_level", "LOG_LEVEL", "info", "debug, info, warning or error", parse_log_level
 )
@@ -156,6 +164,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     TRANSPORT_CC,
     GATEWAY_TIMEOUT,
     PARENT_PID,
+    PLANE,
     LOG_LEVEL,
 )
 
@@ -178,6 +187,7 @@ class WorkerSettings:
     transport_cc: bool
     gateway_timeout: float
     parent_pid: int | None
+    plane: str
     log_level: str
 
 
@@ -206,6 +216,7 @@ def load_worker_settings(
         transport_cc=values[TRANSPORT_CC],
         gateway_timeout=values[GATEWAY_TIMEOUT],
         parent_pid=values[PARENT_PID],
+        plane=values[PLANE],
         log_level=values[LOG_LEVEL],
     )
 

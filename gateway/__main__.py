@@ -35,7 +35,7 @@ from gateway.placement.directory import Directory
 from gateway.placement.registry import Registry
 from gateway.placement.supervisor import Supervisor
 from gateway.settings import PROG
-from ipc.channel import IpcError, router_channel
+from ipc.channel import router_channel
 
 log = logging.getLogger("gateway")
 
@@ -165,7 +165,9 @@ class Gateway:
         if worker_listen:
             endpoints.append(worker_listen)
         channel = router_channel(endpoints)
-        self.registry = Registry(self.config, channel, Directory())
+        workers = self.config.workers
+        directory = Directory(workers.spread_rooms, workers.spread_threshold)
+        self.registry = Registry(self.config, channel, directory)
         self.supervisor = Supervisor(self.config, self.ipc_endpoint, self.registry.worker_exited)
         self.registry.local_pid_of = self.supervisor.pid_of
         self.registry.on_worker_registered = self.supervisor.worker_registered
@@ -204,17 +206,12 @@ class Gateway:
         if self.registry is None:
             return
         registry = self.registry
-        rooms = [(r.worker_id, r.name) for r in registry.directory.rooms.values()]
+        rooms = list(registry.directory.rooms)
         if not rooms:
             return
         log.info("closing %d rooms", len(rooms))
-        results = await asyncio.gather(
-            *(registry.close_room(worker_id, room) for worker_id, room in rooms),
-            return_exceptions=True,
-        )
-        for (_worker_id, room), result in zip(rooms, results, strict=True):
-            if isinstance(result, IpcError):
-                log.info("closing room %s: %s", room, result)
+        # Each room on its home and on every edge; failures are logged by the registry.
+        await asyncio.gather(*(registry.close_room(room) for room in rooms))
 
     async def stop(self, graceful: bool) -> None:
         if self.runner is not None and graceful:

@@ -43,6 +43,9 @@ class WorkersConfig:
     worker_dead_timeout: float
     gateway_timeout: float  # handed to local workers
     ipc_timeout: float
+    # Placement of a big room's viewers on other local workers (gateway/placement/directory.py).
+    spread_rooms: bool
+    spread_threshold: int  # sessions the room's home worker holds before viewers spill over
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,8 @@ def _build(v: Values) -> GatewayConfig:
             worker_dead_timeout=v[s.WORKER_DEAD_TIMEOUT],
             gateway_timeout=v[s.GATEWAY_TIMEOUT],
             ipc_timeout=v[s.IPC_TIMEOUT],
+            spread_rooms=v[s.SPREAD_ROOMS],
+            spread_threshold=v[s.SPREAD_THRESHOLD],
         ),
         media=MediaConfig(
             udp_ports=v[s.UDP_PORTS],

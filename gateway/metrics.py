@@ -47,19 +47,28 @@ REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
 
 # The counters a worker reports, per worker (Heartbeat) and per room (RoomStats), in order.
 COUNTER_FIELDS: tuple[str, ...] = Counters.__struct_fields__
+# Per worker, also the counters of the Heartbeat alone (the shared-memory plane's).
+WORKER_COUNTER_FIELDS: tuple[str, ...] = (
+    *COUNTER_FIELDS,
+    "plane_packets_read",
+    "plane_packets_lost",
+)
 Values = tuple[int, ...]
 
 
-def _values(counters: Counters) -> Values:
-    return tuple(getattr(counters, name) for name in COUNTER_FIELDS)
+def _values(counters: Counters, fields: tuple[str, ...] = COUNTER_FIELDS) -> Values:
+    return tuple(getattr(counters, name) for name in fields)
 
 
-def _index(name: str) -> int:
-    return COUNTER_FIELDS.index(name)
+def _index(name: str, fields: tuple[str, ...] = COUNTER_FIELDS) -> int:
+    return fields.index(name)
 
 
 @dataclass
 class _Totals:
+    """Monotonic sums of counters; per room, of every worker that reports the room (its home
+    and its edges), each worker's increase added to the same values."""
+
     values: list[int] = field(default_factory=lambda: [0] * len(COUNTER_FIELDS))
     last_seen: float = 0.0
 
@@ -107,12 +116,16 @@ class TrafficTotals:
         started = report.started if report is not None and report.pid == pid else now
         self.reports[worker_id] = WorkerReport(pid, heartbeat, started, now)
 
-        totals = self.workers.setdefault(worker_id, _Totals())
+        totals = self.workers.get(worker_id)
+        if totals is None:
+            totals = self.workers[worker_id] = _Totals([0] * len(WORKER_COUNTER_FIELDS))
         totals.last_seen = now
-        self._advance((worker_id, ""), pid, _values(heartbeat), totals)
+        self._advance((worker_id, ""), pid, _values(heartbeat, WORKER_COUNTER_FIELDS), totals)
 
         live: set[str] = set()
         # Closed rooms first: a new room of the same name continues from a zero baseline.
+        # Baselines are per worker and room: a room's home and edges each add their own
+        # increase, so a room's counters sum over every worker that has it.
         for stats in sorted(heartbeat.room_stats, key=lambda r: not r.closed):
             room_totals = self.rooms.setdefault(stats.name, _Totals())
             room_totals.last_seen = now
@@ -142,7 +155,19 @@ class TrafficTotals:
                 for key in [k for k in self._baseline if k[0] == worker_id]:
                     del self._baseline[key]
 
-    def room_report(self, worker_id: str, room: str) -> RoomStats | None:
+    def room_report(self, room: str, worker_id: str | None) -> RoomStats | None:
+        """`room` in the latest heartbeat of `worker_id` (its home); with None (a room whose
+        home died), in that of any worker that reports it, one with tracks first."""
+        if worker_id is not None:
+            return self._room_report_of(worker_id, room)
+        found = [
+            stats
+            for other in sorted(self.reports)
+            if (stats := self._room_report_of(other, room)) is not None
+        ]
+        return max(found, key=lambda stats: bool(stats.tracks), default=None)
+
+    def _room_report_of(self, worker_id: str, room: str) -> RoomStats | None:
         report = self.reports.get(worker_id)
         if report is None:
             return None
@@ -230,11 +255,22 @@ def _worker_counters(totals: TrafficTotals) -> Iterable[Metric]:
             "bytes_out",
         ),
         ("live_worker_dropped_packets_total", "Packets a worker dropped", "dropped_packets"),
+        (
+            "live_worker_plane_packets_read_total",
+            "RTP packets a worker read from other workers' shared-memory rings (as an edge)",
+            "plane_packets_read",
+        ),
+        (
+            "live_worker_plane_packets_lost_total",
+            "Packets a worker lost from other workers' rings (lapped: it fell a ring behind)",
+            "plane_packets_lost",
+        ),
     )
     for name, documentation, counter in described:
         family = CounterMetricFamily(name, documentation, labels=["worker"])
+        index = _index(counter, WORKER_COUNTER_FIELDS)
         for worker_id, worker_totals in sorted(totals.workers.items()):
-            family.add_metric([worker_id], worker_totals.values[_index(counter)])
+            family.add_metric([worker_id], worker_totals.values[index])
         yield family
 
 
@@ -276,6 +312,16 @@ def _worker_gauges(directory: SessionDirectory, totals: TrafficTotals) -> Iterab
             "live_worker_session_capacity",
             "Sessions the worker's UDP port range allows; 0 = no fixed limit",
             lambda r: r.heartbeat.session_capacity,
+        ),
+        (
+            "live_worker_edge_rooms",
+            "Rooms a worker follows as an edge (their publisher is on another worker)",
+            lambda r: r.heartbeat.edge_rooms,
+        ),
+        (
+            "live_worker_plane_followers",
+            "Edges reading the rooms a worker is home of (one per room and edge worker)",
+            lambda r: r.heartbeat.followers,
         ),
     )
     for name, documentation, value_of in described:

@@ -303,6 +303,23 @@ IPC_TIMEOUT = Setting(
     "seconds to wait for a worker's answer",
     parse_positive_float,
 )
+SPREAD_ROOMS = Setting(
+    "spread_rooms",
+    "SPREAD_ROOMS",
+    "true",
+    "let the viewers of a busy room spill over onto other local workers, which read its "
+    "publisher's packets from its worker through shared memory (true/false; false: every "
+    "session of a room goes to the room's worker)",
+    parse_bool,
+)
+SPREAD_THRESHOLD = Setting(
+    "spread_threshold",
+    "SPREAD_THRESHOLD",
+    "100",
+    "with SPREAD_ROOMS, the sessions (of all rooms) a room's worker may hold before new "
+    "viewers of its rooms go to the least loaded local worker instead; 0 = spread at once",
+    parse_int_range(0, 1_000_000),
+)
 LOG_LEVEL = worker.LOG_LEVEL
 # Access control (live-webrtc-go names).
 ALLOWED_ORIGIN = Setting(
@@ -482,6 +499,8 @@ SETTINGS: tuple[Setting[Any], ...] = (
     WORKER_DEAD_TIMEOUT,
     GATEWAY_TIMEOUT,
     IPC_TIMEOUT,
+    SPREAD_ROOMS,
+    SPREAD_THRESHOLD,
     LOG_LEVEL,
     ALLOWED_ORIGIN,
     AUTH_TOKEN,

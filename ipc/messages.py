@@ -13,7 +13,8 @@ import msgspec
 
 # 2: OpenSession replaced OpenPublisher/OpenSubscriber; Failure codes, session and publisher
 # states are closed sets (an unknown one does not decode).
-PROTOCOL_VERSION = 2
+# 3: the shared-memory plane: OpenSession.home, FollowRoom, the plane counters of Heartbeat.
+PROTOCOL_VERSION = 3
 
 SessionKind = Literal["publisher", "subscriber"]
 # A session's changes of state that its worker reports on its own.
@@ -103,6 +104,14 @@ class Heartbeat(_Msg, Counters, tag="heartbeat"):
     recordings_active: int = 0
     recording_bytes: int = 0
     recording_write_errors: int = 0
+    # The shared-memory plane (issue 12), since the worker started: packets this worker
+    # read from other workers' rings, and those it lost (lapped: its loop fell a ring behind).
+    plane_packets_read: int = 0
+    plane_packets_lost: int = 0
+    # Rooms this worker follows as an edge (their home is another worker), and followers of
+    # rooms it is home of (one per room and edge worker).
+    edge_rooms: int = 0
+    followers: int = 0
 
 
 class HeartbeatAck(_Msg, tag="heartbeat_ack"):
@@ -118,12 +127,27 @@ class Reregister(_Msg, tag="reregister"):
 
 class OpenSession(_Msg, tag="open_session"):
     """Create a publisher or subscriber session from the client's offer; answered with
-    SessionAnswer or Failure."""
+    SessionAnswer or Failure.
+
+    home: for a subscriber placed on an *edge* (a local worker other than the one its room's
+    publisher is on), the worker id of the room's home, whose shared-memory rings the edge
+    reads (sfu/plane/); empty when the session goes to the home itself.
+    """
 
     kind: SessionKind
     room: str
     session_id: str
     offer: str
+    home: str = ""
+
+
+class FollowRoom(_Msg, tag="follow_room"):
+    """The room's publisher is now on worker `home` (a new home after the old one died, or
+    a republish elsewhere): an edge with viewers of the room reads its rings from there.
+    Answered Done (also by a worker without the room: nothing to follow)."""
+
+    room: str
+    home: str
 
 
 class SessionAnswer(_Msg, tag="session_answer"):
@@ -183,6 +207,7 @@ Message = (
     | AddCandidates
     | CloseSession
     | CloseRoom
+    | FollowRoom
     | Done
     | Failure
     | SessionState

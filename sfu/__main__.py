@@ -87,6 +87,7 @@ def worker_config(settings: WorkerSettings, session_capacity: int | None) -> Wor
         ),
         recording=RecordingSettings(enabled=settings.record_enabled, directory=settings.record_dir),
         session_capacity=session_capacity,
+        plane=settings.plane,
     )
 
 

@@ -6,6 +6,11 @@ publishers. A session closed by its user or by itself tells its room, which forg
 closes itself once nobody is left (`session_closed`); closing the room (`close`, from its
 worker) closes every session as their parent. Either way the worker learns of each closed
 session and of the room's end through its RoomEvents.
+
+Other local workers may follow a room (sfu/plane/): its *followers* (one per edge worker)
+keep it open while it has no session of its own, so that their viewers wait for the next
+publisher here. On an edge, the room has viewers only, and its forwarders' source is the
+home's ring.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ class RoomEvents(Protocol):
 
     def room_closed(self, room: Room) -> None: ...
 
+    def codecs_changed(self, room: Room) -> None: ...
+
 
 class Unobserved:
     """The events of a room that no worker watches (tests and tools build such rooms)."""
@@ -43,6 +50,9 @@ class Unobserved:
         pass
 
     def room_closed(self, room: Room) -> None:
+        pass
+
+    def codecs_changed(self, room: Room) -> None:
         pass
 
 
@@ -73,6 +83,8 @@ class Room:
         self.codecs: dict[str, RTCRtpCodecParameters] = {}
         self.sessions: dict[str, Session] = {}
         self.publisher: PublisherSession | None = None
+        # Edge workers reading this room's rings (sfu.plane.home.Follower), one per worker.
+        self.followers: set[object] = set()
         self.closed = False
 
     # --- children ---------------------------------------------------------------------
@@ -121,8 +133,16 @@ class Room:
             self.publisher = None
 
     def _close_if_empty(self) -> None:
-        if not self.sessions and not self.closed:
+        if not self.sessions and not self.followers and not self.closed:
             self._finish()
+
+    def add_follower(self, follower: object) -> None:
+        self.followers.add(follower)
+
+    def remove_follower(self, follower: object) -> None:
+        """An edge stopped following (or died): the room closes if nobody else is left."""
+        self.followers.discard(follower)
+        self._close_if_empty()
 
     # --- forwarders ----------------------------------------------------------------------
 
@@ -134,10 +154,20 @@ class Room:
 
     def publisher_codecs_changed(self, codecs: dict[str, RTCRtpCodecParameters]) -> None:
         self.codecs.update(codecs)
+        self._events.codecs_changed(self)
 
     @property
     def subscribers(self) -> int:
         return sum(1 for session in self.sessions.values() if session.kind == "subscriber")
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.sessions and not self.followers
+
+    async def close_if_empty(self, reason: str) -> None:
+        """Close a room nobody uses (an edge room whose follow failed)."""
+        if self.is_empty:
+            await self.close(reason)
 
     # --- closing -----------------------------------------------------------------------
 
@@ -147,6 +177,7 @@ class Room:
             return
         sessions = list(self.sessions.values())
         self.sessions.clear()
+        self.followers.clear()
         self.publisher = None
         self.closed = True  # no session may join while the others close
         results = await asyncio.gather(

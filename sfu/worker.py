@@ -19,9 +19,11 @@ from dataclasses import dataclass
 
 from ipc import messages as m
 from ipc.channel import Channel, IpcError, RemoteFailure, dealer_channel
+from ipc.shm import ring
 from sfu import __version__
 from sfu.media.instant_start import InstantStart
 from sfu.media.stats import ForwardingStats
+from sfu.plane import FollowRefused, PlaneEdge, PlaneHome
 from sfu.recording.recorder import Recorder, RecordingSettings, publisher_track_ids
 from sfu.room import Room, RoomRefusal
 from sfu.roomstats import add_into, room_stats, with_counters, worker_totals
@@ -47,6 +49,8 @@ class WorkerConfig:
     # Sessions this worker can hold at once: each binds one UDP port per host address, so a
     # UDP_PORTS range allows (ports // addresses) of them. None: the OS picks ports.
     session_capacity: int | None = None
+    # The host's shared-memory plane (sfu/plane/): empty for none (a remote worker).
+    plane: str = ""
 
 
 class Worker:
@@ -62,12 +66,15 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self.exit_reason = ""
         self.recorder = Recorder(config.recording, config.worker_id)
+        self.plane_home: PlaneHome | None = None
+        self.plane_edge: PlaneEdge | None = None
 
     # --- main loop --------------------------------------------------------------------------
 
     async def run(self) -> int:
         self.channel.start()
         self.recorder.start()
+        self._join_plane()
         try:
             interval = await self._register()
             if interval is None:
@@ -75,9 +82,28 @@ class Worker:
             await self._heartbeat_loop(interval)
         finally:
             await self._close_all("worker stopping")
+            if self.plane_edge is not None:
+                self.plane_edge.close()
+            if self.plane_home is not None:
+                self.plane_home.close()
             await self.recorder.close()
             await self.channel.close()
         return 0
+
+    def _join_plane(self) -> None:
+        """Listen on the host's plane (as a home) and be ready to follow rooms (as an edge)."""
+        plane = self.config.plane
+        if not plane:
+            return
+        if not ring.supported():
+            log.warning("no shared-memory plane: its rings need x86-64 store ordering")
+            return
+        try:
+            self.plane_home = PlaneHome(plane, self.config.worker_id, self.rooms)
+        except (OSError, ValueError) as exc:
+            log.error("no shared-memory plane: cannot listen on %r: %s", plane, exc)
+            return
+        self.plane_edge = PlaneEdge(plane, self.config.worker_id)
 
     def stop(self, reason: str) -> None:
         self.exit_reason = reason
@@ -146,13 +172,13 @@ class Worker:
                 rss_bytes=_rss_bytes(),
                 loop_lag_s=max(now - scheduled, 0.0),
                 ipc_round_trip_s=round_trip,
-                room_stats=[self._room_stats(room) for room in self.rooms.values()]
-                + closed_rooms,
+                room_stats=[self._room_stats(room) for room in self.rooms.values()] + closed_rooms,
                 session_capacity=self.config.session_capacity or 0,
                 asyncio_tasks=len(asyncio.all_tasks()),
                 recordings_active=self.recorder.stats.active,
                 recording_bytes=self.recorder.stats.bytes_written,
                 recording_write_errors=self.recorder.stats.write_errors,
+                **self._plane_counters(),
             )
             with_counters(heartbeat, totals)
             cpu_before, wall_before = time.process_time(), now
@@ -176,6 +202,15 @@ class Worker:
                 if new_interval is None:
                     return
                 interval = new_interval
+
+    def _plane_counters(self) -> dict[str, int]:
+        edge, home = self.plane_edge, self.plane_home
+        return {
+            "plane_packets_read": edge.packets_read if edge is not None else 0,
+            "plane_packets_lost": edge.packets_lost if edge is not None else 0,
+            "edge_rooms": len(edge.followed) if edge is not None else 0,
+            "followers": home.follow_count if home is not None else 0,
+        }
 
     def totals(self) -> ForwardingStats:
         return worker_totals(self.retired_stats, self.rooms.values())
@@ -223,6 +258,9 @@ class Worker:
             if room is not None:
                 await room.close("room closed")
             return m.Done()
+        if isinstance(body, m.FollowRoom):
+            await self._follow(body.room, body.home)
+            return m.Done()
         return m.Failure("internal", f"a worker does not serve {type(body).__name__}")
 
     async def _open(self, request: m.OpenSession) -> m.Message:
@@ -234,12 +272,17 @@ class Worker:
                 "overloaded", f"all UDP ports of this worker are in use ({capacity} sessions)"
             )
         room = self.rooms.get(request.room)
+        edge = request.kind == "subscriber" and request.home not in ("", self.config.worker_id)
         if room is None:
-            if request.kind == "subscriber":
+            if request.kind == "subscriber" and not edge:
                 return m.Failure("no_room", f"room {request.room!r} has no publisher")
-            room = self.rooms[request.room] = Room(
-                request.room, self.config.session, self, self.config.instant_start
-            )
+            room = self.rooms[request.room] = self._new_room(request.room)
+        if edge and room.publisher is None:
+            refusal = await self._follow_for_viewer(room, request.home)
+            if refusal is not None:
+                return refusal
+        elif request.kind == "publisher" and self.plane_edge is not None:
+            self.plane_edge.forget(room.name)  # this worker becomes the room's home
         try:
             session = room.open_session(request.kind, request.session_id)
         except RoomRefusal as exc:
@@ -253,6 +296,36 @@ class Worker:
                 raise  # cancelled: the session is released all the same
             return _open_failure(session, exc)
         return m.SessionAnswer(answer=answer, ice_ufrag=ufrag, ice_pwd=pwd)
+
+    def _new_room(self, name: str) -> Room:
+        return Room(name, self.config.session, self, self.config.instant_start)
+
+    async def _follow_for_viewer(self, room: Room, home: str) -> m.Failure | None:
+        """A viewer placed here while the room's publisher is on `home`: read its rings."""
+        if self.plane_edge is None:
+            await room.close_if_empty("no shared-memory plane")
+            return m.Failure("internal", "this worker has no shared-memory plane")
+        try:
+            await self.plane_edge.follow(room, home)
+        except FollowRefused as exc:
+            await room.close_if_empty("its home cannot be followed")
+            if room.codecs and not room.closed:
+                return None  # the room is known here: the viewer waits for a publisher
+            log.info("room %s: cannot follow it on %s: %s", room.name, home, exc)
+            return m.Failure("no_room", f"room {room.name!r} is not available: {exc}")
+        return None
+
+    async def _follow(self, name: str, home: str) -> None:
+        """The gateway named a new home for a room: its viewers here read from there."""
+        room = self.rooms.get(name)
+        if room is None or room.publisher is not None or self.plane_edge is None:
+            return
+        if home == self.config.worker_id:
+            return
+        try:
+            await self.plane_edge.follow(room, home)
+        except FollowRefused as exc:
+            log.warning("room %s: cannot follow its new home %s: %s", name, home, exc)
 
     # --- what rooms report (RoomEvents) --------------------------------------------------
 
@@ -270,8 +343,16 @@ class Worker:
     def room_closed(self, room: Room) -> None:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+        if self.plane_edge is not None:
+            self.plane_edge.forget(room.name)
+        if self.plane_home is not None:
+            self.plane_home.room_closed(room)
         add_into(self.retired_stats, room.stats)
         self._closed_rooms.append(self._room_stats(room, closed=True))
+
+    def codecs_changed(self, room: Room) -> None:
+        if self.plane_home is not None and room.publisher is not None:
+            self.plane_home.codecs_changed(room)
 
     def _notify(self, body: m.Message) -> None:
         if self.channel.closed:

@@ -494,6 +494,43 @@ async def _consume(
         pass  # track ended: normal at close
 
 
+class DropTap:
+    """Drops the first copy of every `every`-th video packet before aiortc's receiver sees it,
+    so that the viewer NACKs them, and counts those that come back (as a retransmission,
+    RTX-wrapped or not): an end-to-end check that the server answers NACKs.
+
+    It wraps aiortc's private RTCRtpReceiver._handle_rtp_packet (a test tool, like
+    bench/aiortc_taps.py; production code keeps such uses in sfu/aiortc_adapter)."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.dropped: set[int] = set()
+        self.recovered: set[int] = set()
+        self._media_pt: int | None = None
+
+    def install(self, transceiver: RTCRtpTransceiver) -> None:
+        receiver = transceiver.receiver
+        original = receiver._handle_rtp_packet
+
+        async def handle(packet: Any, arrival_time_ms: int) -> None:
+            if self._media_pt is None:
+                self._media_pt = packet.payload_type  # media comes first; RTX only on NACKs
+            seq = packet.sequence_number
+            if packet.payload_type == self._media_pt:
+                if seq in self.dropped:
+                    self.recovered.add(seq)
+                elif seq % self.every == 0 and len(packet.payload) > 0:
+                    self.dropped.add(seq)
+                    return
+            elif len(packet.payload) >= 2:
+                original_seq = (packet.payload[0] << 8) | packet.payload[1]
+                if original_seq in self.dropped:
+                    self.recovered.add(original_seq)
+            await original(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
+
+
 async def view(
     url: str,
     room: str,
@@ -507,9 +544,11 @@ async def view(
     all_codecs: bool = False,
     certificate: Certificate = "ecdsa",
     setup: Setup = "actpass",
+    drop_every: int = 0,
 ) -> dict[str, Any]:
     """Play a room over WHEP for `seconds` from the answer, counting decoded frames, then
-    DELETE the session; with stop_when_satisfied, end as soon as the minimums are met."""
+    DELETE the session; with stop_when_satisfied, end as soon as the minimums are met.
+    drop_every: drop every n-th video packet once (DropTap) to make the viewer NACK."""
     if loopback or (loopback is None and _is_loopback(url)):
         allow_loopback_candidates()
     if all_codecs:
@@ -527,8 +566,13 @@ async def view(
     def on_track(track: MediaStreamTrack) -> None:
         tasks.append(asyncio.ensure_future(_consume(track, counters, on_frame)))
 
+    drops = DropTap(drop_every) if drop_every > 0 else None
     try:
         offer = with_setup(await viewer_offer(pc), setup)
+        if drops is not None:
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "video":
+                    drops.install(transceiver)
         async with aiohttp.ClientSession() as http:
             session = await post_offer(
                 http, endpoint(url, "whep", room), offer, token, retry_404_for=retry_404_for
@@ -571,6 +615,8 @@ async def view(
         "first_frame_ms": first_ms,
         "rtp": received,
         "delete_status": delete_status,
+        "dropped": len(drops.dropped) if drops is not None else 0,
+        "recovered": len(drops.recovered) if drops is not None else 0,
     }
 
 
@@ -620,6 +666,12 @@ def _parser() -> argparse.ArgumentParser:
     viewer.add_argument(
         "--stop-when-satisfied", action="store_true", help="end as soon as the minimums are met"
     )
+    viewer.add_argument(
+        "--drop-every",
+        type=int,
+        default=0,
+        help="drop the first copy of every n-th video packet (the viewer NACKs it)",
+    )
     return parser
 
 
@@ -652,6 +704,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         min_audio_frames=args.min_audio_frames,
         retry_404_for=args.retry_404_for,
         stop_when_satisfied=args.stop_when_satisfied,
+        drop_every=args.drop_every,
     )
 
 

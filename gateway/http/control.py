@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 from aiohttp import web
@@ -23,7 +24,6 @@ from gateway.metrics import TrafficTotals
 from gateway.placement.directory import SessionDirectory
 from gateway.placement.registry import Registry
 from gateway.settings import ROOM_NAME_PATTERN
-from ipc.channel import IpcError
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,13 @@ class ControlApi:
         result = []
         for name, entry in sorted(self.directory.rooms.items()):
             state = _publisher_state(self.directory, entry.publisher)
-            report = self.totals.room_report(entry.worker_id, name)
+            report = self.totals.room_report(name, entry.home)
             tracks = report.tracks if report is not None and state != "none" else []
+            viewers: Counter[str] = Counter()
+            for session_id in entry.subscribers:
+                session = self.directory.get_session(session_id)
+                if session is not None:
+                    viewers[session.worker_id] += 1
             result.append(
                 {
                     "name": name,
@@ -98,7 +103,10 @@ class ControlApi:
                     "tracks": len(tracks),
                     "media": [{"kind": kind, "codec": codec} for kind, codec in tracks],
                     "subscribers": len(entry.subscribers),
-                    "worker": entry.worker_id,
+                    # "worker" predates spreading; it is the room's home, as "home" says.
+                    "worker": entry.home,
+                    "home": entry.home,
+                    "viewersPerWorker": dict(sorted(viewers.items())),
                 }
             )
         return web.json_response(result)
@@ -137,12 +145,10 @@ class ControlApi:
         entry = self.directory.rooms.get(room)
         if entry is None:
             raise HttpError(404, "no_room", f"no room {room!r}")
-        session_ids = [s for s in (entry.publisher, *entry.subscribers) if s is not None]
-        try:
-            await self.registry.close_room(entry.worker_id, room)
-        except IpcError as exc:
-            # A dead worker took the room along; a hung one is declared dead by heartbeat.
-            log.warning("closing room %s on %s: %s", room, entry.worker_id, exc)
+        session_ids = entry.session_ids
+        # On its home and every edge; failures are logged (a dead worker took the room along,
+        # a hung one is declared dead by its heartbeats).
+        await self.registry.close_room(room)
         for session_id in session_ids:
             self.directory.remove_session(session_id)
         log.info("room %s closed by an admin (%d sessions)", room, len(session_ids))
@@ -154,7 +160,7 @@ class ControlApi:
         result = []
         for worker_id, worker in sorted(self.directory.workers.items()):
             sessions = [s for s in self.directory.sessions.values() if s.worker_id == worker_id]
-            rooms = sorted(n for n, r in self.directory.rooms.items() if r.worker_id == worker_id)
+            rooms = sorted({s.room for s in sessions})  # home or edge
             report = self.totals.reports.get(worker_id)
             heartbeat = report.heartbeat if report is not None else None
             result.append(

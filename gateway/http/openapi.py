@@ -128,7 +128,17 @@ def _schemas() -> Obj:
         "Error": _object(["error", "code"], {"error": _string(), "code": _string()}),
         "Room": ROOM,
         "RoomInfo": _object(
-            ["name", "hasPublisher", "publisherState", "tracks", "media", "subscribers", "worker"],
+            [
+                "name",
+                "hasPublisher",
+                "publisherState",
+                "tracks",
+                "media",
+                "subscribers",
+                "worker",
+                "home",
+                "viewersPerWorker",
+            ],
             {
                 "name": ROOM,
                 "hasPublisher": {"type": "boolean"},
@@ -139,7 +149,21 @@ def _schemas() -> Obj:
                     "items": _object(["kind", "codec"], {"kind": _string(), "codec": _string()}),
                 },
                 "subscribers": INT,
-                "worker": _string(),
+                "worker": _nullable(
+                    _string(description="The room's home (same as home), kept for old clients")
+                ),
+                "home": _nullable(
+                    _string(
+                        description="The worker of the room's publisher; null while the room "
+                        "waits for a new publisher after that worker died"
+                    )
+                ),
+                "viewersPerWorker": {
+                    "type": "object",
+                    "additionalProperties": INT,
+                    "description": "Subscribers by worker id: the home's and its edges' (other "
+                    "local workers that read the home's packets from shared memory)",
+                },
             },
         ),
         "IceServer": _object(
@@ -169,7 +193,11 @@ def _schemas() -> Obj:
                 "local": {"type": "boolean"},
                 "pid": {"type": "integer"},
                 "hostname": _string(),
-                "rooms": {"type": "array", "items": ROOM},
+                "rooms": {
+                    "type": "array",
+                    "items": ROOM,
+                    "description": "The rooms the worker holds sessions of, as home or edge",
+                },
                 "sessions": INT,
                 "pendingSessions": INT,
                 "load": _object(

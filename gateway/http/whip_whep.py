@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from functools import partial
+from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -158,7 +159,7 @@ class Api:
         session_id, etag = new_session_id(), new_etag()
         ufrag, pwd = summary.ice_ufrag or "", summary.ice_pwd or ""
         client = request_client_key(request, self.config.limits.trusted_proxies)
-        self._check_caps(request, room, client)
+        self._check_caps(request, room, client, kind)
         # Reserved before the first await: a concurrent second publisher sees it (409) and
         # the subscriber limit counts it; the caps above count it too.
         if kind == "publisher":
@@ -179,7 +180,17 @@ class Api:
         if self.directory.get_session(session_id) is None:
             # Its worker died (or closed it) while the answer was on its way.
             raise unavailable("worker_gone", "the media worker went away; try again")
-        log.info("%s %s in room %s on %s", kind, session_id[:8], room, session.worker_id)
+        log.info(
+            "%s %s in room %s on %s%s",
+            kind,
+            session_id[:8],
+            room,
+            session.worker_id,
+            f" (edge of {session.home})" if session.home else "",
+        )
+        if kind == "publisher" and self.directory.workers_of_room(room) - {session.worker_id}:
+            # Viewers of the room on other workers (edges) read their media from this one now.
+            self._in_background(self.registry.follow_room(room))
         headers: CIMultiDict[str] = CIMultiDict()
         headers["Location"] = PREFIXES[kind][1] + session_id
         headers["ETag"] = etag
@@ -190,7 +201,7 @@ class Api:
             status=201, body=answer.answer.encode(), content_type=SDP, headers=headers
         )
 
-    def _check_caps(self, request: web.Request, room: str, client: str) -> None:
+    def _check_caps(self, request: web.Request, room: str, client: str, kind: SessionKind) -> None:
         """MAX_SESSIONS_PER_IP, MAX_PENDING_SESSIONS_PER_IP, MAX_PENDING_SESSIONS and
         MAX_SESSIONS_PER_WORKER, before reserving. Counted by walking the sessions, and only
         for the caps that are set."""
@@ -202,7 +213,7 @@ class Api:
             or config.max_sessions_per_ip
         ):
             return
-        worker_id = self.directory.worker_for_room(room)
+        worker_id = self.directory.worker_for_room(room, kind)
         pending = on_worker = from_client = pending_from_client = 0
         for session in self.directory.sessions.values():
             pending += not session.connected
@@ -257,7 +268,10 @@ class Api:
             except IpcError as exc:
                 log.debug("background close of %s: %s", session.session_id[:8], exc)
 
-        task = asyncio.get_running_loop().create_task(close())
+        self._in_background(close())
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

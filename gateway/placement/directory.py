@@ -1,4 +1,5 @@
-"""Placement bookkeeping: which workers are alive, which worker hosts a room, which sessions exist.
+"""Placement bookkeeping: which workers are alive, which worker is a room's home (its
+publisher's worker) and which other workers hold its viewers, which sessions exist.
 
 `SessionDirectory` is what the HTTP layer needs of it; `Directory` is the in-memory
 implementation the registry keeps up to date from the workers. Pure in-memory state, no I/O,
@@ -11,6 +12,7 @@ reservation atomic in the same way.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -63,13 +65,19 @@ class WorkerInfo:
 @dataclass
 class RoomEntry:
     name: str
-    worker_id: str
+    # The worker of the room's publisher, whose shared-memory rings the room's edges read;
+    # None once that worker died while viewers of the room remain on other workers.
+    home: str | None
     publisher: str | None = None
     subscribers: set[str] = field(default_factory=set)
 
     @property
     def empty(self) -> bool:
         return self.publisher is None and not self.subscribers
+
+    @property
+    def session_ids(self) -> list[str]:
+        return [s for s in (self.publisher, *sorted(self.subscribers)) if s is not None]
 
 
 @dataclass
@@ -84,6 +92,17 @@ class SessionEntry:
     connected: bool = False
     created: float = field(default_factory=time.monotonic)
     client: str = ""  # rate-limit key of the creator (IP, IPv6 /64), for per-client caps
+    # OpenSession.home: the room's home when this session is on an edge, else "".
+    home: str = ""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a new session goes: its worker, and the home it reads from when that worker is
+    an edge of the room ("" when it is the home, or the room has none)."""
+
+    worker_id: str
+    home: str = ""
 
 
 class SessionDirectory(Protocol):
@@ -98,8 +117,13 @@ class SessionDirectory(Protocol):
     @property
     def sessions(self) -> Mapping[str, SessionEntry]: ...
 
-    def worker_for_room(self, room: str) -> str | None:
-        """The worker a session of `room` would go to now; None when no worker can take it."""
+    def worker_for_room(self, room: str, kind: SessionKind) -> str | None:
+        """The worker a `kind` session of `room` would go to now; None when it cannot be
+        placed."""
+        ...
+
+    def workers_of_room(self, room: str) -> set[str]:
+        """The workers that hold sessions of `room` now."""
         ...
 
     def reserve_publisher(
@@ -129,12 +153,21 @@ class SessionDirectory(Protocol):
 
 class Directory:
     """The in-memory SessionDirectory of one gateway, plus the worker bookkeeping the
-    registry does."""
+    registry does.
 
-    def __init__(self) -> None:
+    Placement (`place`): a new room goes to the least loaded worker, its *home*, where its
+    publisher always is. With `spread_rooms`, once the home holds `spread_threshold`
+    sessions (of all rooms, as bookkept here) or has no free port, a new viewer of a room
+    whose home is a local worker goes to the least loaded local worker (the home included,
+    and preferred on a tie): an *edge*, which reads the home's packets from shared memory.
+    """
+
+    def __init__(self, spread_rooms: bool = True, spread_threshold: int = 100) -> None:
         self.workers: dict[str, WorkerInfo] = {}
         self.rooms: dict[str, RoomEntry] = {}
         self.sessions: dict[str, SessionEntry] = {}
+        self.spread_rooms = spread_rooms
+        self.spread_threshold = spread_threshold
 
     # --- workers ------------------------------------------------------------------------
 
@@ -142,39 +175,57 @@ class Directory:
         self.workers[worker.worker_id] = worker
 
     def remove_worker(self, worker_id: str) -> list[SessionEntry]:
-        """Forget a worker together with its rooms and sessions; returns the dropped sessions."""
+        """Forget a worker and its sessions; returns the dropped sessions.
+
+        A room left without a session goes too. A room this worker was the home of that still
+        has sessions on other workers (viewers on its edges) stays, without a home and without
+        a publisher (the publisher was here): its next publisher picks a new home.
+        """
         self.workers.pop(worker_id, None)
         dropped = [s for s in self.sessions.values() if s.worker_id == worker_id]
         for session in dropped:
-            del self.sessions[session.session_id]
-        for name in [n for n, room in self.rooms.items() if room.worker_id == worker_id]:
-            del self.rooms[name]
+            self.remove_session(session.session_id)
+        for room in self.rooms.values():
+            if room.home == worker_id:
+                room.home = None
         return dropped
 
-    def bookkept_load(self, worker_id: str) -> int:
-        """Sessions plus rooms we placed there: unlike heartbeats, this is never stale."""
-        sessions = sum(1 for s in self.sessions.values() if s.worker_id == worker_id)
-        rooms = sum(1 for r in self.rooms.values() if r.worker_id == worker_id)
-        return sessions + rooms
+    def session_counts(self) -> Counter[str]:
+        """Sessions per worker, as bookkept here (never stale, unlike heartbeats)."""
+        return Counter(s.worker_id for s in self.sessions.values())
 
-    def has_room_for_session(self, worker: WorkerInfo) -> bool:
+    def has_room_for_session(self, worker: WorkerInfo, held: int | None = None) -> bool:
+        """It has a UDP port left for one more session (`held`: its sessions, if counted)."""
         if not worker.session_capacity:
             return True
-        held = sum(1 for s in self.sessions.values() if s.worker_id == worker.worker_id)
+        if held is None:
+            held = sum(1 for s in self.sessions.values() if s.worker_id == worker.worker_id)
         return held < worker.session_capacity
 
-    def least_loaded_worker(self) -> str | None:
+    def least_loaded_worker(self, local_only: bool = False) -> str | None:
         """The responsive worker with spare ports that carries the least; None if none."""
+        counts = self.session_counts()
+        homed = Counter(r.home for r in self.rooms.values() if r.home is not None)
         candidates = [
-            w for w in self.workers.values() if w.responsive and self.has_room_for_session(w)
+            w
+            for w in self.workers.values()
+            if w.responsive
+            and (w.local or not local_only)
+            and self.has_room_for_session(w, counts[w.worker_id])
         ]
         if not candidates:
             return None
         best = min(
             candidates,
-            key=lambda w: (self.bookkept_load(w.worker_id), w.cpu, w.worker_id),
+            key=lambda w: (counts[w.worker_id] + homed[w.worker_id], w.cpu, w.worker_id),
         )
         return best.worker_id
+
+    def workers_of_room(self, room: str) -> set[str]:
+        entry = self.rooms.get(room)
+        if entry is None:
+            return set()
+        return {self.sessions[s].worker_id for s in entry.session_ids if s in self.sessions}
 
     def _check_worker(self, worker_id: str) -> None:
         """A session may go to `worker_id` now (it is alive, responsive and has a port)."""
@@ -183,20 +234,87 @@ class Directory:
             raise NoLiveWorker("the room's media worker is not available")
         if not self.has_room_for_session(worker):
             raise WorkerFull(
-                f"the room's media worker has no free UDP port "
-                f"({worker.session_capacity} sessions)"
+                f"the room's media worker has no free UDP port ({worker.session_capacity} sessions)"
             )
 
-    def worker_for_room(self, room: str) -> str | None:
-        """Every session of a room goes to the room's worker; a new room to the least loaded.
+    def _least_loaded_of(
+        self, candidates: Iterable[str], counts: Counter[str], prefer: str | None = None
+    ) -> str:
+        """Of `candidates`, the one that can take a session now with the fewest bookkept
+        sessions, then `prefer` (a tie keeps the room on its home), then the lowest cpu; or
+        raise WorkerFull or NoLiveWorker."""
+        usable: list[WorkerInfo] = []
+        alive = False
+        for worker_id in candidates:
+            worker = self.workers.get(worker_id)
+            if worker is None or not worker.responsive:
+                continue
+            alive = True
+            if self.has_room_for_session(worker, counts[worker_id]):
+                usable.append(worker)
+        if not usable:
+            if alive:
+                raise WorkerFull("every media worker that could take the session is full")
+            raise NoLiveWorker("no media worker that could take the session is available")
+        best = min(
+            usable,
+            key=lambda w: (counts[w.worker_id], w.worker_id != prefer, w.cpu, w.worker_id),
+        )
+        return best.worker_id
 
-        Kept as the single lookup so that spreading a big room over workers later only
-        changes this function.
+    def _new_home(self, local_only: bool = False) -> str:
+        worker_id = self.least_loaded_worker(local_only)
+        if worker_id is None:
+            pool = [w for w in self.workers.values() if w.local or not local_only]
+            if any(w.responsive for w in pool):
+                raise WorkerFull("every media worker's UDP ports are in use")
+            raise NoLiveWorker("no media worker is available")
+        return worker_id
+
+    def place(self, room: str, kind: SessionKind) -> Placement:
+        """Where a new `kind` session of `room` goes now, or raise a PlacementError. The one
+        placement policy: reserve_* and the per-worker cap check both use it.
+
+        * A publisher: to the room's home; to the least loaded worker for a new room (it
+          becomes the home), and for a room whose home died (to the least loaded *local*
+          worker, since the viewers left on its edges must read the new home's rings).
+        * A viewer: to the home, unless spreading applies (SPREAD_ROOMS, a local home holding
+          SPREAD_THRESHOLD sessions or full): then to the least loaded local worker, the home
+          preferred on a tie, with home=<the home> when that is another worker. A viewer of a
+          room without a home goes to the least loaded worker that already has the room.
         """
         entry = self.rooms.get(room)
-        if entry is not None:
-            return entry.worker_id
-        return self.least_loaded_worker()
+        if kind == "publisher":
+            if entry is None:
+                return Placement(self._new_home())
+            if entry.home is None:
+                return Placement(self._new_home(local_only=True))
+            self._check_worker(entry.home)
+            return Placement(entry.home)
+        if entry is None:
+            raise RoomNotFound(f"room {room!r} does not exist (no active publisher)")
+        counts = self.session_counts()
+        if entry.home is None:
+            return Placement(self._least_loaded_of(sorted(self.workers_of_room(room)), counts))
+        home = self.workers.get(entry.home)
+        if home is None or not self._spreads(home, counts[home.worker_id]):
+            self._check_worker(entry.home)
+            return Placement(entry.home)
+        local = sorted(w.worker_id for w in self.workers.values() if w.local)
+        worker_id = self._least_loaded_of(local, counts, prefer=home.worker_id)
+        return Placement(worker_id, "" if worker_id == home.worker_id else home.worker_id)
+
+    def _spreads(self, home: WorkerInfo, held: int) -> bool:
+        """New viewers of rooms homed on `home` may go to other local workers."""
+        if not (self.spread_rooms and home.local):
+            return False
+        return held >= self.spread_threshold or not self.has_room_for_session(home, held)
+
+    def worker_for_room(self, room: str, kind: SessionKind) -> str | None:
+        try:
+            return self.place(room, kind).worker_id
+        except PlacementError:
+            return None
 
     # --- sessions -----------------------------------------------------------------------
 
@@ -206,17 +324,15 @@ class Directory:
         entry = self.rooms.get(room)
         if entry is not None and entry.publisher is not None:
             raise PublisherExists(f"room {room!r} already has a publisher")
-        worker_id = self.worker_for_room(room)
-        if worker_id is None:
-            if any(w.responsive for w in self.workers.values()):
-                raise WorkerFull("every media worker's UDP ports are in use")
-            raise NoLiveWorker("no media worker is available")
-        self._check_worker(worker_id)
+        placement = self.place(room, "publisher")
         if entry is None:
-            entry = self.rooms[room] = RoomEntry(room, worker_id)
+            entry = self.rooms[room] = RoomEntry(room, placement.worker_id)
+        entry.home = placement.worker_id
         entry.publisher = session_id
         return self._add_session(
-            SessionEntry(session_id, room, "publisher", worker_id, etag, ice_ufrag, ice_pwd)
+            SessionEntry(
+                session_id, room, "publisher", placement.worker_id, etag, ice_ufrag, ice_pwd
+            )
         )
 
     def reserve_subscriber(
@@ -235,10 +351,19 @@ class Directory:
             raise SubscriberLimitReached(
                 f"room {room!r} reached its limit of {max_subscribers} subscribers"
             )
-        self._check_worker(entry.worker_id)
+        placement = self.place(room, "subscriber")
         entry.subscribers.add(session_id)
         return self._add_session(
-            SessionEntry(session_id, room, "subscriber", entry.worker_id, etag, ice_ufrag, ice_pwd)
+            SessionEntry(
+                session_id,
+                room,
+                "subscriber",
+                placement.worker_id,
+                etag,
+                ice_ufrag,
+                ice_pwd,
+                home=placement.home,
+            )
         )
 
     def _add_session(self, session: SessionEntry) -> SessionEntry:

@@ -1,9 +1,11 @@
 """The worker protocol, gateway side: registration, liveness, and session requests.
 
 Workers connect a DEALER whose routing id is their worker id (utf-8) to the gateway's ROUTER.
-A worker that stops heartbeating for WORKER_TIMEOUT, or whose local process exits, is declared
-dead: its rooms and sessions vanish from the directory (their URLs answer 404), requests
-pending on it fail at once (the HTTP client gets a 503), and the supervisor replaces it.
+A worker that stops heartbeating for WORKER_DEAD_TIMEOUT, or whose local process exits, is
+declared dead: its sessions vanish from the directory (their URLs answer 404), and so do its
+rooms, except those with viewers left on other workers (they wait, homeless, for a new
+publisher); requests pending on it fail at once (the HTTP client gets a 503), and the
+supervisor replaces it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ipc.messages import (
     CloseSession,
     Done,
     Failure,
+    FollowRoom,
     Heartbeat,
     HeartbeatAck,
     Hello,
@@ -252,10 +255,21 @@ class Registry:
 
     def _forget(self, worker_id: str, reason: str) -> None:
         self._deferred_closes.pop(worker_id, None)
+        homed = [name for name, room in self.directory.rooms.items() if room.home == worker_id]
         dropped = self.directory.remove_worker(worker_id)
         self.channel.fail_peer(worker_id.encode(), f"worker {worker_id} is gone: {reason}")
         if dropped:
             log.warning("dropped %d sessions of worker %s", len(dropped), worker_id)
+        for name in homed:
+            room = self.directory.rooms.get(name)
+            if room is not None:
+                log.warning(
+                    "room %s lost its home %s; its %d viewers on other workers wait for a "
+                    "new publisher",
+                    name,
+                    worker_id,
+                    len(room.subscribers),
+                )
 
     # --- gateway -> worker ----------------------------------------------------------------
 
@@ -270,7 +284,9 @@ class Registry:
         )
 
     async def open_session(self, session: SessionEntry, offer: str) -> SessionAnswer:
-        request = OpenSession(session.kind, session.room, session.session_id, offer)
+        request = OpenSession(
+            session.kind, session.room, session.session_id, offer, home=session.home
+        )
         answer = await self._request(session.worker_id, request)
         if not isinstance(answer, SessionAnswer):
             raise UnexpectedAnswer(f"worker answered {type(answer).__name__} to an open")
@@ -318,8 +334,49 @@ class Registry:
         except IpcError as exc:  # unknown_session included: the worker's reaper was first
             log.info("deferred close of %s on %s: %s", _short(session_id), worker_id, exc)
 
-    async def close_room(self, worker_id: str, room: str) -> None:
-        _expect_done(await self._request(worker_id, CloseRoom(room)))
+    async def follow_room(self, room: str) -> None:
+        """Tell every other live worker with sessions of `room` (its edges) that the room's
+        home is now where its publisher just opened. Failures are only logged and never reach
+        the publisher's client: that edge's viewers miss the new publisher until they
+        reconnect."""
+        entry = self.directory.rooms.get(room)
+        if entry is None or entry.home is None:
+            return
+        home = entry.home
+        edges = sorted(
+            worker_id
+            for worker_id in self.directory.workers_of_room(room) - {home}
+            if (worker := self.directory.workers.get(worker_id)) is not None and worker.responsive
+        )
+        await self._fan_out(edges, FollowRoom(room, home), f"following room {room} at {home}")
+
+    async def close_room(self, room: str) -> None:
+        """Close `room` on its home and on every worker with sessions of it. Failures are
+        only logged: a dead worker took the room along, a hung one is declared dead by its
+        heartbeats."""
+        entry = self.directory.rooms.get(room)
+        workers = self.directory.workers_of_room(room)
+        if entry is not None and entry.home is not None:
+            workers.add(entry.home)
+        await self._fan_out(sorted(workers), CloseRoom(room), f"closing room {room}")
+
+    async def _fan_out(self, worker_ids: list[str], request: Message, what: str) -> None:
+        """One request to each worker at once, each expecting Done; failures logged."""
+        if not worker_ids:
+            return
+        results = await asyncio.gather(
+            *(self._request(worker_id, request) for worker_id in worker_ids),
+            return_exceptions=True,
+        )
+        for worker_id, result in zip(worker_ids, results, strict=True):
+            if isinstance(result, IpcError):
+                log.info("%s: worker %s: %s", what, worker_id, result)
+            elif isinstance(result, Exception):
+                log.error("%s: worker %s", what, worker_id, exc_info=result)
+            elif isinstance(result, BaseException):
+                raise result  # cancelled
+            elif not isinstance(result, Done):
+                log.info("%s: worker %s answered %s", what, worker_id, type(result).__name__)
 
 
 def _expect_done(answer: Message) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -83,8 +84,17 @@ def backoff_delay(consecutive_failures: int) -> float:
     return float(min(FIRST_BACKOFF_S * 2**exponent, MAX_BACKOFF_S))
 
 
-def local_worker_settings(config: GatewayConfig, slot: Slot, connect: str) -> WorkerSettings:
-    """What the local worker of `slot` runs with: the gateway's own settings for them."""
+def new_plane_name() -> str:
+    """The shared-memory media plane of this gateway's local workers: unique per gateway
+    process (a pid alone may be reused while an old plane's segments still exist)."""
+    return f"live-sfu-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def local_worker_settings(
+    config: GatewayConfig, slot: Slot, connect: str, plane: str
+) -> WorkerSettings:
+    """What the local worker of `slot` runs with: the gateway's own settings for them, and
+    the plane every local worker of this gateway shares (remote workers have none)."""
     media = config.media
     return WorkerSettings(
         connect=connect,
@@ -102,13 +112,14 @@ def local_worker_settings(config: GatewayConfig, slot: Slot, connect: str) -> Wo
         transport_cc=media.transport_cc,
         gateway_timeout=config.workers.gateway_timeout,
         parent_pid=os.getpid(),
+        plane=plane,
         log_level=config.observability.log_level,
     )
 
 
-def worker_command(config: GatewayConfig, slot: Slot, connect: str) -> list[str]:
+def worker_command(config: GatewayConfig, slot: Slot, connect: str, plane: str) -> list[str]:
     """The command line of one local worker; flags with an empty value are left out."""
-    settings = local_worker_settings(config, slot, connect)
+    settings = local_worker_settings(config, slot, connect, plane)
     return [sys.executable, "-m", "sfu", *worker_settings.to_argv(settings)]
 
 
@@ -139,6 +150,8 @@ class Supervisor:
         self.config = config
         self.connect = connect
         self._on_exit = on_exit
+        # One plane per gateway process, the same for every local worker and its respawns.
+        self.plane = new_plane_name()
         port_ranges: list[tuple[int, int] | None]
         udp_ports, count = config.media.udp_ports, config.workers.count
         if udp_ports is not None and count > 0:
@@ -193,7 +206,7 @@ class Supervisor:
     # --- the slot loop --------------------------------------------------------------------
 
     async def _spawn(self, slot: Slot) -> asyncio.subprocess.Process | None:
-        command = worker_command(self.config, slot, self.connect)
+        command = worker_command(self.config, slot, self.connect, self.plane)
         try:
             return await asyncio.create_subprocess_exec(
                 *command,

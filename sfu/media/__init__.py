@@ -24,11 +24,14 @@ Two typed seams (`typing.Protocol`) are where new parts plug in:
 * `PacketSource` (source.py) is what feeds a track: `codec`, `audio_level_id` and
   `request_keyframe()`. A source calls `track.connect(source)`, then
   `track.receive(RtpView(data), rtx)` per packet, and `track.disconnect(source)`.
-  Today: the publisher's ingress (`set_source` wraps its values in a `SourceInfo`). A
-  reader of another worker's shared-memory ring would be one too: it drains the ring on
-  the loop, wraps each record's bytes in an `RtpView` and calls `receive`; its
-  `request_keyframe` writes a request back to the publishing worker. A relay from another
-  node is the same with a socket for the ring.
+  The publisher's ingress (`set_source` wraps its values in a `SourceInfo`), and a reader
+  of another worker's shared-memory ring (sfu/plane/edge.py `RingSource`): it connects
+  with itself as the track's `History` too (NACK answers and joiners' backlog come from
+  the ring), drains the ring on the loop and calls `track.deliver` per record (the home
+  already switched, unwrapped and keyed it); its `request_keyframe` sends a request to the
+  home. A relay from another node would be the same with a socket for the ring.
+* `Mirror` (track.py) is a copy of a track's forwarded packets for other workers: the
+  home's `RingMirror` (sfu/plane/home.py), written once per packet before the fan-out.
 * `ViewerStage` (fanout.py) is what the fan-out feeds per viewer: `forward`, `retransmit`,
   `source_seq` and `level_slot`. Today: `Output`. Simulcast layer selection would be a
   stage attached (once per layer) to each layer's track, in front of the viewer's one

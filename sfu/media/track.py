@@ -2,23 +2,30 @@
 
 Per inbound packet, in this order:
 
-    PacketSource ─RtpView─▶ SourceState ─▶ PacketCache ─▶ GopCache ─▶ Fanout ─▶ ViewerStage…
-                            SSRC, RTX,     NACKs          instant     audio      (Output)
-                            epochs                        start       level
-                                                          (CatchUp)
+    PacketSource ─RtpView─▶ SourceState ─▶ PacketCache ─▶ GopCache ─▶ Mirror ─▶ Fanout ─▶ …
+                            SSRC, RTX,     NACKs          instant     shared    audio     Viewer-
+                            epochs                        start       memory    level     Stage
+                                                          (CatchUp)   ring                (Output)
     then the taps (recordings).
 
 One call per inbound packet (`receive`): no coroutine, queue hop, logging or second parse
 on the way; each stage is a plain method call on values the view already holds.
+
+On an *edge* worker (the room's publisher is on another worker of the host, sfu/plane/) the
+track's source is a reader of the home's ring, which hands on packets the home already
+switched, unwrapped and keyed: `deliver` runs the fan-out part only, and the track's
+`History` (the ring) answers NACKs and gives joiners their backlog.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
+from ipc.shm.ring import FLAG_KEYFRAME, FLAG_LEVEL
 from sfu.codecs import CodecKey
-from sfu.media.cache import CachedPacket, PacketCache
+from sfu.media.cache import CachedPacket, PacketCache, Retransmitter
 from sfu.media.clock import RUNNING_LOOP, Clock, Scheduler
 from sfu.media.fanout import Fanout, ViewerStage
 from sfu.media.instant_start import CatchUp, GopCache, InstantStart
@@ -37,6 +44,35 @@ KeyframeRequester = Callable[[], None]
 # A synchronous observer of every forwarded packet (a recorder): (seq, ts, marker, payload,
 # epoch). It must not block or do I/O: it runs on the per-packet path.
 PacketTap = Callable[[int, int, int, bytes, int], None]
+
+
+class Mirror(Protocol):
+    """A copy of a track's forwarded packets for other workers (sfu/plane/home.py: a
+    shared-memory ring). `write` runs per packet: it must not block, log or await."""
+
+    def write(
+        self, seq: int, timestamp: int, flags: int, epoch: int, level: int, payload: bytes
+    ) -> None:
+        """flags: the packet's padding and marker bits, FLAG_KEYFRAME, FLAG_LEVEL."""
+
+    def new_generation(self) -> None:
+        """A new source feeds the track."""
+
+    def close(self) -> None: ...
+
+
+class History(Protocol):
+    """Where NACK answers and joiners' backlog come from when a track does not keep them
+    itself: an edge reads both from its home's ring (sfu/plane/edge.py)."""
+
+    hits: int
+    misses: int
+
+    def answer_nack(self, viewer: Retransmitter, lost: list[int]) -> None: ...
+
+    def backlog(self) -> list[CachedPacket] | None:
+        """The packets from the latest keyframe on, for a joining viewer; None if none."""
+        ...
 
 
 class TrackForwarder:
@@ -68,24 +104,33 @@ class TrackForwarder:
         # Video with instant start: the group of pictures for joiners, and the gate that
         # holds a new epoch back until its first keyframe. None otherwise (always keyed).
         self.gop_cache: GopCache | None = None
+        self.history: History | None = None  # set by a source that keeps the history
+        self.mirror: Mirror | None = None  # set while other workers read this track
         self.taps: list[PacketTap] = []
         self._clock = clock
         self._audio_level_id = 0
 
     # --- the source side ----------------------------------------------------------------
 
-    def connect(self, source: PacketSource) -> None:
-        """`source` feeds this track from now on (a new epoch)."""
+    def connect(self, source: PacketSource, history: History | None = None) -> None:
+        """`source` feeds this track from now on (a new epoch).
+
+        history: what answers NACKs and gives joiners their backlog when the source keeps
+        its packets itself (a ring reader, which then calls `deliver`); None: this track
+        keeps them (the NACK cache, and the group of pictures with instant start)."""
         self.source = source
         codec = self.codec = source.codec
         self.keyframes.requester = source.request_keyframe
         self._audio_level_id = source.audio_level_id
-        if self.kind == "video" and self.instant_start.enabled:
+        self.history = history
+        if history is None and self.kind == "video" and self.instant_start.enabled:
             self.gop_cache = GopCache(keyframe_test(codec.mime_type), self.instant_start.max_bytes)
         else:
             self.gop_cache = None
         self.state.restart()
         self.cache.clear()
+        if self.mirror is not None:
+            self.mirror.new_generation()
 
     def disconnect(self, source: PacketSource) -> None:
         if self.source is source:
@@ -111,8 +156,14 @@ class TrackForwarder:
 
     def _disconnect(self) -> None:
         self.source = None
+        self.history = None
         self.keyframes.requester = None
         self.state.forget()
+
+    def new_epoch(self) -> None:
+        """The source's packets start a new stream (a ring reader saw its home's source
+        change): viewers re-base on the next packet."""
+        self.state.restart()
 
     @property
     def source_ssrc(self) -> int | None:
@@ -165,14 +216,40 @@ class TrackForwarder:
             if keyed and self.catch_up.joining:
                 self.catch_up.add(cached)
         fanout = self.fanout
-        if fanout.level_slots:
+        mirror = self.mirror
+        level = -1
+        if fanout.level_slots or mirror is not None:
             level_id = self._audio_level_id
             position = find_extension(data, packet.extension_offset, level_id) if level_id else -1
-            fanout.set_audio_level(data[position] if position >= 0 else -1)
-        if keyed and fanout.outputs:
-            fanout.forward(seq, ts, flags, marker, payload, now, epoch)
+            level = data[position] if position >= 0 else -1
+            if fanout.level_slots:
+                fanout.set_audio_level(level)
+        if keyed:
+            if mirror is not None:
+                mirror_flags = flags | marker
+                if gop_cache is not None and gop_cache.packets and gop_cache.packets[0] is cached:
+                    mirror_flags |= FLAG_KEYFRAME
+                if level >= 0:
+                    mirror_flags |= FLAG_LEVEL
+                mirror.write(seq, ts, mirror_flags, epoch, max(level, 0), payload)
+            if fanout.outputs:
+                fanout.forward(seq, ts, flags, marker, payload, now, epoch)
         for tap in self.taps:
             tap(seq, ts, marker, payload, epoch)
+
+    def deliver(
+        self, seq: int, ts: int, flags: int, marker: int, payload: bytes, level: int, now: float
+    ) -> None:
+        """One packet from a ring reader (its home already switched, unwrapped and keyed
+        it): the fan-out part of `receive`. level: the audio level byte, or -1."""
+        epoch = self.state.epoch
+        if self.catch_up.joining:
+            self.catch_up.add((seq, ts, flags, marker, payload, epoch))
+        fanout = self.fanout
+        if fanout.level_slots:
+            fanout.set_audio_level(level)
+        if fanout.outputs:
+            fanout.forward(seq, ts, flags, marker, payload, now, epoch)
 
     def on_rtp(self, data: bytes, rtx: bool) -> None:
         """`receive` for raw bytes (tests, tools): parse, count a malformed packet as
@@ -195,9 +272,14 @@ class TrackForwarder:
         """Start feeding a viewer; with instant start, replay the latest keyframe on first."""
         if viewer in self.fanout.outputs or viewer in self.catch_up:
             return
-        gop_cache = self.gop_cache
-        backlog = gop_cache.packets if gop_cache is not None and gop_cache.keyed else None
-        if backlog is not None:
+        history = self.history
+        backlog: list[CachedPacket] | None
+        if history is not None:
+            backlog = history.backlog()
+        else:
+            gop_cache = self.gop_cache
+            backlog = gop_cache.packets if gop_cache is not None and gop_cache.keyed else None
+        if backlog:
             self.fanout.attach(viewer, live=False)
             self.catch_up.join(viewer, list(backlog))
         else:
@@ -209,16 +291,22 @@ class TrackForwarder:
         self.catch_up.leave(viewer)
 
     def retransmit(self, viewer: ViewerStage, lost: list[int]) -> None:
-        """Answer a viewer's NACK (its own sequence numbers) from the cache."""
-        self.cache.answer_nack(viewer, lost)
+        """Answer a viewer's NACK (its own sequence numbers) from the cache (or the ring)."""
+        history = self.history
+        if history is not None:
+            history.answer_nack(viewer, lost)
+        else:
+            self.cache.answer_nack(viewer, lost)
 
     @property
     def nack_hits(self) -> int:
-        return self.cache.hits
+        history = self.history
+        return self.cache.hits + (history.hits if history is not None else 0)
 
     @property
     def nack_misses(self) -> int:
-        return self.cache.misses
+        history = self.history
+        return self.cache.misses + (history.misses if history is not None else 0)
 
     def request_keyframe(self) -> None:
         """Ask the source for a keyframe, at most once per interval; never lose a request."""
@@ -233,6 +321,10 @@ class TrackForwarder:
             self.taps.remove(tap)
 
     def close(self) -> None:
+        if self.mirror is not None:
+            self.mirror.close()
+            self.mirror = None
+        self.history = None
         self.keyframes.close()
         self.catch_up.close()
         self.fanout.clear()

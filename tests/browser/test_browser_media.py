@@ -7,7 +7,9 @@ by a browser.
 
 from __future__ import annotations
 
+import json
 import threading
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import BrowserContext, Page
 
+from testkit.processes import GatewayProcess
 from tests.browser.pages import connected, open_page, poll, wait_decoding
 
 pytestmark = pytest.mark.browser
@@ -60,6 +63,36 @@ def test_chromium_publishes_to_two_chromium_players(
     for player in players:
         _assert_playing(player)
     assert not [line for line in console if ": error: " in line], console
+
+
+def test_chromium_players_on_two_workers_play(
+    gateway_factory: Callable[..., GatewayProcess], browser_context: BrowserContext
+) -> None:
+    """One room over two workers (issue 12): the publisher on its home, players placed on
+    both (SPREAD_THRESHOLD=1); the edge's players get the media through shared memory."""
+    gateway = gateway_factory(workers=2, env={"SPREAD_THRESHOLD": "1"})
+    room = _room()
+    console: list[str] = []
+    publisher = open_page(browser_context, f"{gateway.url}/web/publish.html?room={room}", console)
+    poll("publisher connected", publisher, lambda: connected(publisher))
+    players = []
+    for _ in range(3):
+        players.append(
+            open_page(browser_context, f"{gateway.url}/web/play.html?room={room}", console)
+        )
+        _assert_playing(players[-1])
+    with urllib.request.urlopen(f"{gateway.url}/api/rooms", timeout=5) as response:
+        info = next(r for r in json.load(response) if r["name"] == room)
+    assert len(info["viewersPerWorker"]) == 2, info
+    assert sum(info["viewersPerWorker"].values()) == 3, info
+    for player in players:  # still decoding after all joined
+        _assert_decoding_more(player, 10)
+    assert not [line for line in console if ": error: " in line], console
+
+
+def _assert_decoding_more(player: Page, frames: int) -> None:
+    target = _stats(player)["framesDecoded"] + frames
+    poll("frames keep coming", player, lambda: _stats(player)["framesDecoded"] >= target)
 
 
 def _assert_playing(player: Page) -> None:

@@ -26,6 +26,7 @@ from gateway.placement.supervisor import (
     Slot,
     backoff_delay,
     local_worker_settings,
+    new_plane_name,
     split_port_range,
     worker_command,
     worker_environment,
@@ -113,7 +114,7 @@ def test_new_room_goes_to_least_loaded_worker() -> None:
     directory = _directory("a", "b")
     directory.reserve_publisher("r1", "s1", '"e"', "u", "p")
     second = directory.reserve_publisher("r2", "s2", '"e"', "u", "p")
-    assert directory.rooms["r1"].worker_id != second.worker_id
+    assert directory.rooms["r1"].home != second.worker_id
 
 
 def test_cpu_breaks_ties() -> None:
@@ -219,12 +220,13 @@ def test_backoff_doubles_to_thirty_seconds() -> None:
 
 def test_worker_command_omits_empty_flags() -> None:
     config = load_config(["--workers", "2", "--udp-ports", "40000-40009"], environ={})
-    command = worker_command(config, Slot(1, (40005, 40009)), "ipc:///tmp/x/gateway.sock")
+    command = worker_command(config, Slot(1, (40005, 40009)), "ipc:///tmp/x/gateway.sock", "p1")
     assert command[1:3] == ["-m", "sfu"]
     assert command[command.index("--worker-id") + 1] == "local-1"
     assert command[command.index("--udp-ports") + 1] == "40005-40009"
     assert "--public-ip" not in command and "--bind-addresses" not in command
     assert command[command.index("--session-connect-timeout") + 1] == "30"
+    assert command[command.index("--plane") + 1] == "p1"
 
 
 def test_worker_command_is_read_back_by_the_worker_table() -> None:
@@ -244,12 +246,14 @@ def test_worker_command_is_read_back_by_the_worker_table() -> None:
         },
     )
     slot = Slot(0, (40000, 40009))
-    expected = local_worker_settings(config, slot, "ipc:///tmp/x/gateway.sock")
-    command = worker_command(config, slot, "ipc:///tmp/x/gateway.sock")
+    plane = new_plane_name()
+    expected = local_worker_settings(config, slot, "ipc:///tmp/x/gateway.sock", plane)
+    command = worker_command(config, slot, "ipc:///tmp/x/gateway.sock", plane)
     assert load_worker_settings(command[3:], environ={}) == expected
     assert not expected.transport_cc and expected.instant_start_max_bytes == 2048
     assert expected.gateway_timeout == 2.5 and expected.session_connect_timeout == 0.1
     assert os.path.isabs(expected.record_dir) and expected.parent_pid == os.getpid()
+    assert expected.plane == plane and plane.startswith(f"live-sfu-{os.getpid()}-")
 
 
 def test_worker_settings_reach_workers_only_on_their_command_line(

@@ -91,6 +91,9 @@ class Rooms:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
 
+    def codecs_changed(self, room: Room) -> None:
+        pass
+
     def alive(self) -> list[str]:
         gc.collect()
         return [type(obj).__name__ for ref in self.made if (obj := ref()) is not None]
