@@ -1,11 +1,14 @@
 """The home side of the plane: rings written for the edges that follow this worker's rooms.
 
 Per followed track, a `RingMirror` is the TrackForwarder's Mirror stage: it writes each
-forwarded packet once into the track's ring (ipc/shm/ring.py) and marks itself dirty; the
-first mirror marked in a loop turn schedules one flush (`loop.call_soon`), which rings the
-doorbell of every edge following a dirty ring once. So a burst of packets costs each edge
-one wake-up, and the writer never waits for a reader (bench/shm_hop.py measured the
-alternatives; ARCHITECTURE.md has the figures).
+forwarded packet once into the track's ring (ipc/shm/ring.py). The first packet a mirror
+writes in a loop turn rings its edges' doorbells at once, before this worker fans the
+packet out to its own viewers, so that the edges fan out on their cores meanwhile (ringing
+only at the end of the turn made edge viewers wait for the home's whole fan-out of a
+burst: about 1 ms more at p50 with 25 viewers per worker, bench/README.md); one flush at the
+end of the turn (`loop.call_soon`) rings again the doorbells of rings written to since. So
+a burst costs each edge one or two wake-ups, and the writer never waits for a reader
+(bench/shm_hop.py measured the alternatives; ARCHITECTURE.md has the figures).
 
 A ring is made when the first edge follows the room (prefilled with the track's current
 group of pictures, so that an edge's first viewer starts at once, like a home viewer) and
@@ -48,13 +51,21 @@ class Bells:
         self.scheduled = True
         self._loop.call_soon(self.flush)
 
+    def ring_now(self, doorbells: list[Doorbell]) -> None:
+        for bell in doorbells:
+            bell.ring()
+        self.rung += len(doorbells)
+
     def flush(self) -> None:
+        """End of the loop turn: ring the edges of every ring written to since its first
+        packet of the turn rang them."""
         self.scheduled = False
         bells: dict[int, Doorbell] = {}
         for mirror in self.pending:
             mirror.dirty = False
-            for bell in mirror.doorbells:
-                bells[bell.fd] = bell
+            if mirror.ring.write_seq != mirror.rung_at:
+                for bell in mirror.doorbells:
+                    bells[bell.fd] = bell
         self.pending.clear()
         for bell in bells.values():
             bell.ring()
@@ -64,21 +75,25 @@ class Bells:
 class RingMirror:
     """A TrackForwarder's Mirror: its forwarded packets, in a ring the edges read."""
 
-    __slots__ = ("ring", "bells", "dirty", "doorbells")
+    __slots__ = ("ring", "bells", "dirty", "rung_at", "doorbells")
 
     def __init__(self, kind: str, bells: Bells) -> None:
         self.ring = RingWriter(kind)
         self.bells = bells
-        self.dirty = False
+        self.dirty = False  # written to in this loop turn
+        self.rung_at = 0  # the ring's write_seq when its doorbells were last rung
         self.doorbells: list[Doorbell] = []
 
     def write(
         self, seq: int, timestamp: int, flags: int, epoch: int, level: int, payload: bytes
     ) -> None:
-        self.ring.write(seq, timestamp, flags, epoch, level, payload)
+        ring = self.ring
+        ring.write(seq, timestamp, flags, epoch, level, payload)
         if not self.dirty:
             self.dirty = True
             bells = self.bells
+            bells.ring_now(self.doorbells)  # the edges start while this worker fans out
+            self.rung_at = ring.write_seq
             bells.pending.append(self)
             if not bells.scheduled:
                 bells.schedule()
