@@ -9,7 +9,9 @@ Publishers are aiortc peer connections whose senders are parked (sfu.aiortc_adap
 make_forwarding) and fed synthetic RTP (bench/media.py) through SrtpSendPath, paced like
 libwebrtc's pacer. Viewers complete ICE and DTLS-SRTP like any client, then count every SRTP
 packet from its clear header at the socket (tap_srtp_ingress) and decrypt only every k-th
-one to read its probe: no jitter buffer, no decoder, no aiortc RTP parsing.
+one to read its probe: no jitter buffer, no decoder, no aiortc RTP parsing. The coordinator
+may label each viewer (by its session's Location: `label`), for instance with the worker its
+session is on; latency is then also kept per label.
 """
 
 from __future__ import annotations
@@ -74,6 +76,47 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def candidate_ports(sdp: str) -> list[int]:
+    """The ports of the ICE candidates in an SDP (the server's, in a WHEP answer)."""
+    ports = []
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:"):
+            fields = line.split()
+            if len(fields) > 5 and fields[5].isdigit():
+                ports.append(int(fields[5]))
+    return sorted(set(ports))
+
+
+def udp_port_owners(pids: list[int]) -> dict[int, int]:
+    """{UDP port: pid} for every UDP socket that one of `pids` holds (from /proc/net/udp*
+    and /proc/<pid>/fd): which worker process answers on a port. Processes of this host only."""
+    inode_port: dict[str, int] = {}
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as lines:
+                rows = lines.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9:
+                inode_port[f"socket:[{fields[9]}]"] = int(fields[1].rsplit(":", 1)[1], 16)
+    owners: dict[int, int] = {}
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                port = inode_port.get(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                continue
+            if port is not None:
+                owners[port] = pid
+    return owners
+
+
 def _ms_since(start_ns: int, end_ns: int) -> float | None:
     return round((end_ns - start_ns) / 1e6, 3) if end_ns else None
 
@@ -98,7 +141,13 @@ def serve_commands(conn: Connection, handlers: dict[str, Handler]) -> None:
                 reply: tuple[str, Any] = ("ok", await handlers[name](*args))
             except Exception as exc:
                 reply = ("error", f"{name}: {exc!r}\n{traceback.format_exc(limit=6)}")
-            conn.send(reply)
+            # The loop made the pipe non-blocking (add_reader); a reply larger than its buffer
+            # (the per-viewer latency histograms) must not fail with EAGAIN halfway.
+            os.set_blocking(conn.fileno(), True)
+            try:
+                conn.send(reply)
+            finally:
+                os.set_blocking(conn.fileno(), False)
 
         def readable() -> None:
             try:
@@ -160,6 +209,9 @@ class Viewer:
         self.pc = new_pc()
         self.tracks: dict[int, TrackCounter] = {}
         self.location = ""
+        self.server_ports: list[int] = []  # the answer's ICE candidate ports
+        self.label = ""  # set by the coordinator (`label`): e.g. the session's worker
+        self.histogram = agent.histograms[""]  # latency buckets of this viewer's label
         self.error = ""
         self.post_start_ns = 0
         self.post_ms: float | None = None
@@ -183,6 +235,7 @@ class Viewer:
             return
         self.post_ms = session.post_ms
         self.location = session.location
+        self.server_ports = candidate_ports(session.answer)
         await self.pc.setRemoteDescription(RTCSessionDescription(session.answer, "answer"))
         for transceiver in self.pc.getTransceivers():
             for codec in adapter.negotiated_codecs(transceiver):
@@ -247,7 +300,7 @@ class Viewer:
             probe = read_probe(plain)
             if probe is not None:
                 bucket = (now - probe[1]) // BUCKET_NS
-                agent.histogram[bucket if 0 <= bucket < BUCKETS else BUCKETS - 1] += 1
+                self.histogram[bucket if 0 <= bucket < BUCKETS else BUCKETS - 1] += 1
 
     def setup_record(self) -> dict[str, Any]:
         start = self.post_start_ns
@@ -284,7 +337,8 @@ class ViewerAgent:
         self.viewers: list[Viewer] = []
         self.prepared: list[Viewer] = []
         self.measuring = False
-        self.histogram = [0] * BUCKETS
+        # Latency buckets per viewer label ("": unlabelled); a viewer adds to its label's.
+        self.histograms: dict[str, list[int]] = {"": [0] * BUCKETS}
         self.unprotect_errors = 0
         self._http: aiohttp.ClientSession | None = None
 
@@ -317,20 +371,41 @@ class ViewerAgent:
                 wait.cancel()
         return [v.setup_record() for v in batch]
 
-    async def start(self) -> None:
-        self.histogram = [0] * BUCKETS
+    async def sessions(self) -> list[dict[str, Any]]:
+        """Each viewer's session: its Location and the server's candidate ports."""
+        return [{"location": v.location, "ports": v.server_ports} for v in self.viewers]
+
+    async def label(self, labels: dict[str, str]) -> int:
+        """Label viewers by their session's Location (others keep theirs); from the next
+        window on, latency is also kept per label. Returns how many viewers have a label."""
         for viewer in self.viewers:
+            viewer.label = labels.get(viewer.location, viewer.label)
+        return sum(1 for v in self.viewers if v.label)
+
+    async def start(self) -> None:
+        self.histograms = {"": [0] * BUCKETS}
+        for viewer in self.viewers + self.prepared:
+            if viewer.label not in self.histograms:
+                self.histograms[viewer.label] = [0] * BUCKETS
+            viewer.histogram = self.histograms[viewer.label]
             for track in viewer.tracks.values():
                 track.window_count = 0
         self.measuring = True
 
     async def stop(self) -> dict[str, Any]:
         self.measuring = False
-        histogram = {i: n for i, n in enumerate(self.histogram) if n}
+        histogram: dict[int, int] = {}
+        by_label: dict[str, dict[int, int]] = {}
+        for name, buckets in self.histograms.items():
+            sparse = by_label[name] = {i: n for i, n in enumerate(buckets) if n}
+            for bucket, count in sparse.items():
+                histogram[bucket] = histogram.get(bucket, 0) + count
         return {
             "viewers": [v.window() for v in self.viewers],
+            "labels": [v.label for v in self.viewers],
             "connected": sum(1 for v in self.viewers if v.connected_ns and not v.error),
             "histogram": histogram,
+            "histograms": {name: h for name, h in by_label.items() if name or h},
             "unprotect_errors": self.unprotect_errors,
             "srtp_profile": next(
                 (aiortc_taps.srtp_profile_name(v.pc) for v in self.viewers if v.connected_ns), ""
@@ -358,6 +433,8 @@ def viewer_agent_main(conn: Connection, decrypt_every: int) -> None:
             "open": agent.open,
             "start": agent.start,
             "stop": agent.stop,
+            "sessions": agent.sessions,
+            "label": agent.label,
             "close": agent.close,
         },
     )

@@ -4,6 +4,7 @@ sfu-gateway, with the baselines measured in the same run.
     .venv/bin/python -m bench.load p1 --viewers 10,50,100,200
     .venv/bin/python -m bench.load p2 --rooms 10 --viewers 2,5,10
     .venv/bin/python -m bench.load setup --burst 50 --bursts 3
+    .venv/bin/python -m bench.load spread --viewers 50,100,200
 
 Each run writes bench/results/<scenario>-<time>.json and .png (and <scenario>-latest.*),
 and prints the efficiency ratio, latency percentiles and setup times. bench/README.md says
@@ -18,6 +19,7 @@ import json
 import multiprocessing
 import os
 import platform
+import secrets
 import shutil
 import subprocess
 import sys
@@ -25,15 +27,31 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.agents import BUCKET_NS, cpu_seconds, publisher_agent_main, rss_bytes, viewer_agent_main
+from bench.agents import (
+    BUCKET_NS,
+    cpu_seconds,
+    publisher_agent_main,
+    rss_bytes,
+    udp_port_owners,
+    viewer_agent_main,
+)
 from bench.baselines import DEFAULT_SRTP_PROFILE, bare_fanout_main, sink_main
+from ipc.shm.ring import DEFAULT_SLOTS, DEFAULT_STRIDE, ring_size
 from testkit import client
-from testkit.processes import REPO, GatewayProcess, pick_free_port, start_gateway, worker_pids
+from testkit.processes import (
+    REPO,
+    GatewayProcess,
+    pick_free_port,
+    start_gateway,
+    worker_id_of,
+    worker_pids,
+)
 
 RESULTS = REPO / "bench" / "results"
 CONTEXT = multiprocessing.get_context("spawn")
@@ -111,25 +129,41 @@ def host_cpu_ticks() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
+def worker_id_or_pid(pid: int) -> str:
+    """The worker's --worker-id (local-N), or "pid-N" when its command line says none."""
+    try:
+        return worker_id_of(pid)
+    except (OSError, ValueError, IndexError):
+        return f"pid-{pid}"
+
+
 @dataclass
 class Server:
     url: str
     worker_pids: list[int]
     gateway: GatewayProcess | None = None
+    worker_ids: dict[int, str] = field(default_factory=dict)  # pid -> worker id
 
-    def cpu(self) -> float:
+    def cpu_each(self) -> dict[int, float]:
+        """CPU seconds so far of each worker process."""
         try:
-            return sum(cpu_seconds(pid) for pid in self.worker_pids)
+            return {pid: cpu_seconds(pid) for pid in self.worker_pids}
         except FileNotFoundError:
             raise self.worker_lost() from None
+
+    def worker_id(self, pid: int) -> str:
+        return self.worker_ids.get(pid) or f"pid-{pid}"
 
     def worker_lost(self) -> BenchError:
         log = self.gateway.log(1500) if self.gateway is not None else ""
         return BenchError(f"a worker process exited during the run; gateway log:\n{log}")
 
     def rss(self) -> int:
+        return sum(self.rss_each().values())
+
+    def rss_each(self) -> dict[int, int]:
         try:
-            return sum(rss_bytes(pid) for pid in self.worker_pids)
+            return {pid: rss_bytes(pid) for pid in self.worker_pids}
         except FileNotFoundError:
             raise self.worker_lost() from None
 
@@ -138,24 +172,48 @@ class Server:
             self.gateway.stop()
 
 
-def start_server(options: argparse.Namespace, log_dir: Path) -> Server:
+def start_server(
+    options: argparse.Namespace,
+    log_dir: Path,
+    workers: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Server:
+    """The server under test: --url's, or a gateway started here with `workers` local workers
+    (--workers by default) and `env` settings, once every worker has registered."""
     if options.url:
-        return Server(options.url.rstrip("/"), list(options.worker_pid))
+        pids = list(options.worker_pid)
+        return Server(options.url.rstrip("/"), pids, None, {p: worker_id_or_pid(p) for p in pids})
+    workers = workers or options.workers
+    admin_token = secrets.token_hex(16)  # to see the workers register (the admin API)
     args = ["--bind-addresses", "127.0.0.1", "--log-level", "warning"]
     args += ["--worker-timeout", f"{options.worker_timeout:g}", *options.gateway_arg]
-    gateway = start_gateway(log_dir, workers=options.workers, args=args)
-    deadline = time.monotonic() + 20
-    while len(worker_pids(gateway)) < options.workers:
-        if time.monotonic() > deadline:
-            gateway.stop()
-            raise BenchError("the gateway's workers did not start")
-        time.sleep(0.1)
-    return Server(gateway.url, sorted(worker_pids(gateway)), gateway)
-
-
-def http_json(url: str) -> Any:
+    gateway = start_gateway(
+        log_dir, workers=workers, args=args, env={**(env or {}), "ADMIN_TOKEN": admin_token}
+    )
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        deadline = time.monotonic() + 30
+        while len(worker_pids(gateway)) < workers or (
+            len(http_json(f"{gateway.url}/api/admin/workers", admin_token) or []) < workers
+        ):
+            if time.monotonic() > deadline or gateway.process.poll() is not None:
+                raise BenchError(
+                    f"the gateway's {workers} workers did not start and register:\n"
+                    f"{gateway.log(1500)}"
+                )
+            time.sleep(0.1)
+        pids = sorted(worker_pids(gateway))
+        return Server(gateway.url, pids, gateway, {p: worker_id_or_pid(p) for p in pids})
+    except BaseException:
+        gateway.stop()
+        raise
+
+
+def http_json(url: str, token: str | None = None) -> Any:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
             return json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError):
         return None
@@ -207,6 +265,33 @@ def summarize_setup(records: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def merge_histograms(histograms: Sequence[Mapping[int, int]]) -> dict[int, int]:
+    merged: dict[int, int] = {}
+    for histogram in histograms:
+        for bucket, count in histogram.items():
+            merged[bucket] = merged.get(bucket, 0) + count
+    return merged
+
+
+def added_ms(base: float | None, other: float | None) -> float | None:
+    return round(other - base, 3) if base is not None and other is not None else None
+
+
+def edge_vs_home(by_label: Mapping[str, Mapping[int, int]], home: str) -> dict[str, Any]:
+    """Latency of the viewers on the room's home against those on its edges (every other
+    worker, merged), and what the edge adds at p50 and p99."""
+    home_latency = histogram_percentiles(dict(by_label.get(home, {})))
+    edges = [h for label, h in by_label.items() if label not in (home, "", "unknown")]
+    edge_latency = histogram_percentiles(merge_histograms(edges))
+    return {
+        "home": home,
+        "home_latency": home_latency,
+        "edge_latency": edge_latency,
+        "added_p50_ms": added_ms(home_latency["p50_ms"], edge_latency["p50_ms"]),
+        "added_p99_ms": added_ms(home_latency["p99_ms"], edge_latency["p99_ms"]),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Steps shared by the scenarios
 
@@ -252,13 +337,42 @@ class Fleet:
         for agent in self.viewers:
             agent.viewers = 0
 
-    def measure(self, seconds: float, cpu_pids: list[int] | None = None) -> dict[str, Any]:
-        """One measurement window: viewer-side packets, loss and latency, and CPU."""
+    def label_viewers_by_worker(self, room: str) -> dict[str, Any]:
+        """Label every viewer with the worker its session is on, so that measure() splits
+        latency and loss by worker; returns the room's home and its viewers per worker.
 
-        def cpu_of(pids: list[int]) -> float:
+        The worker of a session is the worker process that holds the UDP port of the WHEP
+        answer's ICE candidates (/proc: the server must run on this host); the gateway's
+        /api/rooms gives the room's home and its own count of viewers per worker."""
+        owners = udp_port_owners(self.server.worker_pids)
+        seen: Counter[str] = Counter()
+        for agent, sessions in zip(self.viewers, broadcast(self.viewers, "sessions"), strict=True):
+            labels: dict[str, str] = {}
+            for session in sessions:
+                pids = {owners[p] for p in session["ports"] if p in owners}
+                worker = self.server.worker_id(pids.pop()) if len(pids) == 1 else "unknown"
+                labels[session["location"]] = worker
+                seen[worker] += 1
+            agent.request("label", labels)
+        rooms = http_json(f"{self.server.url}/api/rooms") or []
+        entry: dict[str, Any] = next((r for r in rooms if r.get("name") == room), {})
+        return {
+            "home": entry.get("home"),
+            "viewers_per_worker": entry.get("viewersPerWorker"),
+            "viewers_per_worker_seen": dict(sorted(seen.items())),
+        }
+
+    def measure(
+        self, seconds: float, cpu_pids: list[int] | None = None, home: str | None = None
+    ) -> dict[str, Any]:
+        """One measurement window: viewer-side packets, loss and latency, and CPU (per
+        worker too). With labelled viewers (label_viewers_by_worker), loss and latency per
+        worker; with the room's `home` too, edge against home latency."""
+
+        def cpu_of(pids: list[int]) -> dict[int, float]:
             if cpu_pids is None:
-                return self.server.cpu()
-            return sum(cpu_seconds(p) for p in pids)
+                return self.server.cpu_each()
+            return {p: cpu_seconds(p) for p in pids}
 
         pids = cpu_pids if cpu_pids is not None else self.server.worker_pids
         agents = self.agent_pids() + [self.publisher.pid]
@@ -272,26 +386,53 @@ class Fleet:
         reports = broadcast(self.viewers, "stop")
         wall = time.monotonic() - start
         sent1 = self.publisher.request("counters")
-        cpu = cpu_of(pids) - cpu0
+        cpu1 = cpu_of(pids)
+        cpu_each = {pid: cpu1[pid] - cpu0[pid] for pid in pids}
+        cpu = sum(cpu_each.values())
         agents_cpu = [cpu_seconds(p) - c for p, c in zip(agents, agents0, strict=True)]
         host1 = host_cpu_ticks()
         histogram: dict[int, int] = {}
         received = expected = 0
         viewer_loss: list[float] = []
+        by_label: dict[str, dict[int, int]] = {}
+        per_label: dict[str, list[int]] = {}  # label -> [viewers, received, expected]
         for report in reports:
             for bucket, count in report["histogram"].items():
                 histogram[bucket] = histogram.get(bucket, 0) + count
-            for tracks in report["viewers"]:
+            for label, sparse in report["histograms"].items():
+                by_label[label] = merge_histograms([by_label.get(label, {}), sparse])
+            for label, tracks in zip(report["labels"], report["viewers"], strict=True):
                 got = sum(t["received"] for t in tracks.values())
                 want = sum(t["expected"] for t in tracks.values())
                 received += got
                 expected += want
                 viewer_loss.append(1 - got / want if want else 1.0)
+                counts = per_label.setdefault(label, [0, 0, 0])
+                counts[0] += 1
+                counts[1] += got
+                counts[2] += want
         inbound = sum(s["video_sent"] + s["audio_sent"] for s in sent1) - sum(
             s["video_sent"] + s["audio_sent"] for s in sent0
         )
         worker_cpu = cpu / wall
         forwarded_pps = received / wall
+        step: dict[str, Any] = {}
+        if cpu_pids is None:
+            step["worker_cpu"] = {
+                self.server.worker_id(pid): round(c / wall, 3) for pid, c in cpu_each.items()
+            }
+        if any(per_label):
+            step["by_worker"] = {
+                label or "unlabelled": {
+                    "viewers": viewers,
+                    "forwarded_pps": round(got / wall),
+                    "loss": round(1 - got / want, 6) if want else None,
+                    "latency": histogram_percentiles(by_label.get(label, {})),
+                }
+                for label, (viewers, got, want) in sorted(per_label.items())
+            }
+            if home:
+                step["edge_vs_home"] = edge_vs_home(by_label, home)
         return {
             "window_s": round(wall, 2),
             "viewers_connected": sum(r["connected"] for r in reports),
@@ -311,7 +452,7 @@ class Fleet:
             "srtp_profile": next((r["srtp_profile"] for r in reports if r["srtp_profile"]), ""),
             "unprotect_errors": sum(r["unprotect_errors"] for r in reports),
             "publisher": sent1,
-        }
+        } | step
 
 
 def start_fleet(options: argparse.Namespace, server: Server) -> Fleet:
@@ -334,9 +475,17 @@ def stop_agents(agents: Sequence[Agent]) -> None:
 
 
 def sweep(
-    fleet: Fleet, rooms: list[str], per_room_counts: list[int], deadline: float
+    fleet: Fleet,
+    rooms: list[str],
+    per_room_counts: list[int],
+    deadline: float,
+    by_worker: bool = False,
 ) -> list[dict[str, Any]]:
-    """Grow the audience step by step (the same viewers stay) and measure each step."""
+    """Grow the audience step by step (the same viewers stay) and measure each step.
+
+    `by_worker` (one room, a server on this host): each step also says where the viewers
+    are and splits loss and latency by worker, home against edges (label_viewers_by_worker).
+    """
     options = fleet.options
     fleet.publisher.request("publish", fleet.server.url, rooms, fleet.profile, True)
     time.sleep(2)
@@ -351,18 +500,26 @@ def sweep(
         setup = fleet.add_viewers(new)
         current = per_room
         total = per_room * len(rooms)
+        placement = fleet.label_viewers_by_worker(rooms[0]) if by_worker else None
         time.sleep(options.settle)
-        step = fleet.measure(options.seconds)
-        rss = fleet.server.rss()
+        home = placement["home"] if placement is not None and len(rooms) == 1 else None
+        step = fleet.measure(options.seconds, home=home)
+        rss_each = fleet.server.rss_each()
+        rss = sum(rss_each.values())
         step.update(
             {
                 "viewers": total,
                 "viewers_per_room": per_room,
                 "setup": summarize_setup(setup),
                 "worker_rss_mb": round(rss / 2**20, 1),
+                "worker_rss_mb_each": {
+                    fleet.server.worker_id(pid): round(b / 2**20, 1) for pid, b in rss_each.items()
+                },
                 "worker_rss_per_viewer_kb": round((rss - rss_before) / total / 1024, 1),
             }
         )
+        if placement is not None:
+            step["placement"] = placement
         steps.append(step)
         latency = step["latency"]
         print(
@@ -372,6 +529,15 @@ def sweep(
             f"{latency['p99_ms']}/{latency['p999_ms']} ms, host busy {step['host_cpu_busy']}",
             flush=True,
         )
+        for worker, figures in step.get("by_worker", {}).items():
+            lat = figures["latency"]
+            role = " (home)" if worker == home else ""
+            print(
+                f"      {worker}{role}: {figures['viewers']} viewers, CPU "
+                f"{step['worker_cpu'].get(worker)} cores, loss {figures['loss']}, latency "
+                f"p50/p99 {lat['p50_ms']}/{lat['p99_ms']} ms",
+                flush=True,
+            )
     return steps
 
 
@@ -572,6 +738,88 @@ def run_fanout(options: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     return result
 
 
+SPREAD_ROOM = "spread"
+SPREAD_MODES = ("single", "spread")
+
+
+def ring_memory() -> dict[str, Any]:
+    """Shared memory of the plane (ipc/shm/ring.py): one ring per track of a room with an
+    edge, made by the room's home; every edge maps the same memfd, so a room costs this once
+    however many edges read it."""
+    per_track = {
+        kind: ring_size(slots, DEFAULT_STRIDE) for kind, slots in sorted(DEFAULT_SLOTS.items())
+    }
+    return {
+        "stride_bytes": DEFAULT_STRIDE,
+        "slots": dict(sorted(DEFAULT_SLOTS.items())),
+        "bytes_per_track": per_track,
+        "bytes_per_room": sum(per_track.values()),  # one audio and one video track
+    }
+
+
+def spread_pair(pair: dict[str, Any]) -> None:
+    """The ratios of one N: spread (b) against single (a)."""
+    single, spread = pair.get("single"), pair.get("spread")
+    if single is None or spread is None:
+        return
+    a = single["forwarded_pps_per_worker_cpu_s"]
+    b = spread["forwarded_pps_per_worker_cpu_s"]
+    pair["efficiency_ratio"] = round(b / a, 3) if a and b else None
+
+
+def run_spread(options: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    """One room, one publisher, N viewers: (a) a gateway with one worker, (b) a gateway
+    with --spread-workers workers and SPREAD_THRESHOLD=--spread-threshold, so that the
+    viewers are spread over all of them (the edges read the home's rings). For each N, (a)
+    and (b) run back to back (their order alternates from one N to the next), each with a
+    fresh gateway and fresh viewers, sharing the agents."""
+    deadline = time.monotonic() + options.max_minutes * 60
+    modes: dict[str, tuple[int, dict[str, str]]] = {
+        "single": (1, {}),
+        "spread": (
+            options.spread_workers,
+            {"SPREAD_ROOMS": "true", "SPREAD_THRESHOLD": str(options.spread_threshold)},
+        ),
+    }
+    fleet: Fleet | None = None
+    steps: list[dict[str, Any]] = []
+    try:
+        for index, count in enumerate(options.viewers):
+            order = SPREAD_MODES if index % 2 == 0 else SPREAD_MODES[::-1]
+            pair: dict[str, Any] = {"viewers": count, "order": list(order)}
+            for mode in order:
+                if time.monotonic() > deadline:
+                    break
+                workers, env = modes[mode]
+                server = start_server(options, log_dir, workers, env)
+                try:
+                    if fleet is None:
+                        fleet = start_fleet(options, server)
+                    fleet.server = server
+                    print(
+                        f"spread: N={count}, {mode}: {workers} worker(s) "
+                        f"{sorted(server.worker_ids.values())} on {server.url}",
+                        flush=True,
+                    )
+                    measured = sweep(fleet, [SPREAD_ROOM], [count], deadline, by_worker=True)
+                    fleet.close_viewers()
+                    fleet.publisher.request("close")
+                finally:
+                    server.stop()
+                if measured:
+                    pair[mode] = measured[0]
+            spread_pair(pair)
+            if any(mode in pair for mode in SPREAD_MODES):
+                steps.append(pair)
+            if time.monotonic() > deadline:
+                print(f"time limit reached: skipping N={count} and beyond", flush=True)
+                break
+    finally:
+        if fleet is not None:
+            stop_agents([*fleet.viewers, fleet.publisher])
+    return {"ring_memory": ring_memory(), "steps": steps}
+
+
 def run_setup(options: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     """Bursts of concurrent WHIP POSTs (new rooms) and WHEP POSTs (one live room)."""
     server = start_server(options, log_dir)
@@ -604,8 +852,63 @@ def run_setup(options: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
 # Output
 
 
+def _ms(latency: Mapping[str, Any] | None) -> str:
+    if not latency:
+        return "-/-"
+    return f"{latency.get('p50_ms')}/{latency.get('p99_ms')}"
+
+
+def spread_summary_lines(result: dict[str, Any]) -> list[str]:
+    memory = result["ring_memory"]
+    per_track = ", ".join(
+        f"{kind} {size:,} B ({memory['slots'][kind]} x {memory['stride_bytes']} B)"
+        for kind, size in memory["bytes_per_track"].items()
+    )
+    lines = [
+        f"ring memory per track: {per_track}; per room (audio + video, once per room "
+        f"whatever its edges): {memory['bytes_per_room']:,} B "
+        f"({memory['bytes_per_room'] / 2**20:.2f} MiB)"
+    ]
+    for pair in result["steps"]:
+        single, spread = pair.get("single"), pair.get("spread")
+        line = f"N={pair['viewers']}:"
+        if single is not None:
+            line += (
+                f" (a) 1 worker {single['forwarded_pps_per_worker_cpu_s']} pps/CPU-s "
+                f"({single['worker_cpu_cores']} cores, loss {single['loss']}, p50/p99 "
+                f"{_ms(single['latency'])} ms, agents/publisher CPU "
+                f"{single['viewer_agents_cpu_cores']}/{single['publisher_cpu_cores']}, "
+                f"host busy {single['host_cpu_busy']});"
+            )
+        if spread is not None:
+            workers = ", ".join(
+                f"{worker} {cores} cores/"
+                f"{spread.get('by_worker', {}).get(worker, {}).get('viewers', 0)} viewers"
+                for worker, cores in spread["worker_cpu"].items()
+            )
+            line += (
+                f" (b) {spread['forwarded_pps_per_worker_cpu_s']} pps/CPU-s ({workers}; "
+                f"loss {spread['loss']}, p50/p99 {_ms(spread['latency'])} ms, agents/publisher "
+                f"CPU {spread['viewer_agents_cpu_cores']}/{spread['publisher_cpu_cores']}, "
+                f"host busy {spread['host_cpu_busy']});"
+            )
+        line += f" ratio (b)/(a) {pair.get('efficiency_ratio')} (target >= 0.85)"
+        lines.append(line)
+        versus = spread.get("edge_vs_home") if spread is not None else None
+        if versus:
+            lines.append(
+                f"  edge vs home ({versus['home']}) latency p50/p99: home "
+                f"{_ms(versus['home_latency'])} ms, edge {_ms(versus['edge_latency'])} ms, "
+                f"added {versus['added_p50_ms']}/{versus['added_p99_ms']} ms "
+                f"(target < 0.2/1)"
+            )
+    return lines
+
+
 def summary_lines(scenario: str, result: dict[str, Any]) -> list[str]:
     lines = []
+    if scenario == "spread":
+        return spread_summary_lines(result)
     if scenario == "setup":
         for kind in ("whip", "whep"):
             s = result[kind]
@@ -662,13 +965,80 @@ def compare_viewers_per_core(result: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def plot_spread(result: dict[str, Any], plt: Any) -> Any:
+    steps = result["steps"]
+
+    def series(mode: str, pick: Any) -> tuple[list[int], list[Any]]:
+        chosen = [s for s in steps if mode in s]
+        return [s["viewers"] for s in chosen], [pick(s[mode]) for s in chosen]
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    ax = axes[0][0]
+    for mode, label in (("single", "(a) 1 worker"), ("spread", "(b) spread")):
+        ax.plot(*series(mode, lambda s: s["forwarded_pps_per_worker_cpu_s"]), "o-", label=label)
+    ax.set_ylabel("forwarded packets per worker CPU-second")
+    ax.legend(loc="lower left")
+    ax2 = ax.twinx()
+    ratios = [s for s in steps if s.get("efficiency_ratio") is not None]
+    ax2.plot(
+        [s["viewers"] for s in ratios], [s["efficiency_ratio"] for s in ratios], "g^:", label="b/a"
+    )
+    ax2.axhline(0.85, color="g", alpha=0.3)
+    ax2.set_ylim(0, 1.5)
+    ax2.set_ylabel("ratio (b) / (a)")
+    ax2.legend(loc="lower right")
+    ax = axes[0][1]
+    for key, label in (("home_latency", "home"), ("edge_latency", "edge")):
+        for q, style in (("p50_ms", "o-"), ("p99_ms", "x:")):
+            ax.plot(
+                *series(
+                    "spread", lambda s, k=key, p=q: s.get("edge_vs_home", {}).get(k, {}).get(p)
+                ),
+                style,
+                label=f"(b) {label} {q[:3]}",
+            )
+    ax.plot(*series("single", lambda s: s["latency"]["p50_ms"]), "s--", label="(a) p50")
+    ax.set_yscale("log")
+    ax.set_ylabel("publisher -> viewer latency (ms)")
+    ax.legend(fontsize=8)
+    ax = axes[1][0]
+    ax.plot(*series("single", lambda s: s["worker_cpu_cores"]), "s--", label="(a) worker")
+    workers = sorted({w for s in steps if "spread" in s for w in s["spread"]["worker_cpu"]})
+    for worker in workers:
+        ax.plot(
+            *series("spread", lambda s, w=worker: s["worker_cpu"].get(w)),
+            "o-",
+            label=f"(b) {worker}",
+        )
+    ax.set_ylabel("worker CPU (cores)")
+    ax.legend(fontsize=8)
+    ax = axes[1][1]
+    for mode in SPREAD_MODES:
+        ax.plot(*series(mode, lambda s: s["host_cpu_busy"]), "o-", label=f"host busy ({mode})")
+        ax.plot(
+            *series(mode, lambda s: s["viewer_agents_cpu_cores"]),
+            "x:",
+            label=f"viewers' CPU ({mode})",
+        )
+    ax.set_ylabel("busy fraction / cores")
+    ax.legend(fontsize=8)
+    for row in axes:
+        for axis in row:
+            axis.set_xlabel("viewers")
+            axis.grid(alpha=0.3)
+    return fig
+
+
 def plot(scenario: str, result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if scenario == "setup":
+    if scenario == "spread":
+        fig = plot_spread(result, plt)
+        fig.suptitle(f"spread: {result['date']} on {result['host']['cpu_model']}")
+    elif scenario == "setup":
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for kind, values in (
             ("WHIP POST->201", result["whip_post_ms"]),
@@ -843,6 +1213,27 @@ def build_parser() -> argparse.ArgumentParser:
         )
         scenario.add_argument("--no-relay", dest="relay_viewers", action="store_const", const=[])
         scenario.add_argument("--relay-size", type=size, default=(640, 360))
+    spread = sub.add_parser(
+        "spread",
+        parents=[common],
+        help="one room's N viewers on 1 worker, then spread over workers (shared memory)",
+    )
+    spread.add_argument(
+        "--viewers",
+        type=int_list,
+        default=int_list("50,100,200"),
+        help="(default 50,100,200)",
+    )
+    spread.add_argument("--seconds", type=positive(float), default=10.0, help="window")
+    spread.add_argument(
+        "--spread-workers", type=positive(int), default=2, help="workers of run (b) (2)"
+    )
+    spread.add_argument(
+        "--spread-threshold",
+        type=int,
+        default=1,
+        help="SPREAD_THRESHOLD of run (b) (1: the viewers alternate over the workers)",
+    )
     setup = sub.add_parser("setup", parents=[common], help="bursts of concurrent POSTs")
     setup.add_argument("--burst", type=positive(int), default=50)
     setup.add_argument("--bursts", type=positive(int), default=3)
@@ -854,11 +1245,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parser.parse_args(argv)
     if options.worker_pid and not options.url:
         parser.error("--worker-pid needs --url")
+    if options.scenario == "spread" and options.url:
+        parser.error("spread starts its own gateways (1 worker, then several): no --url")
     log_dir = Path(tempfile.mkdtemp(prefix="sfu-bench-"))
     started = datetime.datetime.now().astimezone()
     try:
         if options.scenario == "setup":
             result = run_setup(options, log_dir)
+        elif options.scenario == "spread":
+            result = run_spread(options, log_dir)
         else:
             result = run_fanout(options, log_dir)
     except BenchError as exc:

@@ -12,10 +12,12 @@ sender report and found on its socket), byte for byte on one viewer.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import struct
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pylibsrtp
 import pytest
@@ -26,6 +28,7 @@ from sfu.codecs import CodecKey
 from sfu.media import ForwardingStats, Output, RtpView, TrackForwarder, header_template
 from sfu.media.clock import ManualClock
 from sfu.media.transport_cc import TransportCcFeedback
+from sfu.plane.home import Bells, RingMirror
 
 VIEWERS = 50
 PAYLOAD = os.urandom(1100)
@@ -275,8 +278,22 @@ def test_cache_insert_without_viewers(benchmark) -> None:  # type: ignore[no-unt
 def test_ingest_path_without_viewers(benchmark) -> None:  # type: ignore[no-untyped-def]
     """A publisher's per-packet ingress as PublisherSession._on_rtp runs it: one parse, the
     transport-cc arrival record, the route by payload type, the track (no viewers)."""
+    _ingest(benchmark, ring=False)
+
+
+def test_ingest_path_into_a_ring_without_viewers(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """The same with other workers following the room (issue 12): each packet is also
+    written to the track's shared-memory ring (sfu.plane.home.RingMirror). The doorbell
+    flush is scheduled on a loop that never runs here: one per loop turn, not per packet."""
+    _ingest(benchmark, ring=True)
+
+
+def _ingest(benchmark: Any, ring: bool) -> None:
     stats = ForwardingStats()
     forwarder = _forwarder(stats)
+    loop = asyncio.new_event_loop()
+    mirror = RingMirror("video", Bells(loop)) if ring else None
+    forwarder.mirror = mirror
     _start_with_keyframe(forwarder)
     feedback = TransportCcFeedback(3, 1, lambda rtcp: None, scheduler=ManualClock())
     routes = {96: (forwarder, False)}
@@ -306,10 +323,17 @@ def test_ingest_path_without_viewers(benchmark) -> None:  # type: ignore[no-unty
         position[0] = (position[0] + 1) & 4095
         on_rtp(packets[position[0]])
 
-    benchmark(one_packet)
-    assert stats.dropped == 0 and feedback.flush() is not None
-    newest = forwarder.cache.get(position[0])
-    assert newest is not None and newest[4] == b"\x00" + PAYLOAD
+    try:
+        benchmark(one_packet)
+        assert stats.dropped == 0 and feedback.flush() is not None
+        newest = forwarder.cache.get(position[0])
+        assert newest is not None and newest[4] == b"\x00" + PAYLOAD
+        if mirror is not None:
+            assert mirror.ring.write_seq > 1000 and mirror.dirty
+    finally:
+        if mirror is not None:
+            mirror.close()
+        loop.close()
 
 
 @pytest.mark.parametrize("viewers", [10, 200])
