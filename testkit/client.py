@@ -407,6 +407,7 @@ async def publish(
         offer_all_codecs()
     pc = new_pc(certificate)
     track: H264PacketTrack | None = None
+    keyframe_requests = KeyframeRequestCounter()
     try:
         if video == "h264" and h264_profile is not None:
             if payload_bytes:
@@ -432,6 +433,9 @@ async def publish(
         async with aiohttp.ClientSession() as http:
             session = await post_offer(http, endpoint(url, "whip", room), offer, token)
             await pc.setRemoteDescription(RTCSessionDescription(session.answer, "answer"))
+            for sender in pc.getSenders():
+                if sender.track is not None and sender.track.kind == "video":
+                    keyframe_requests.install(sender)
             started = time.monotonic()
             connected = await wait_connected(pc, connect_timeout)
             connect_ms = (time.monotonic() - started) * 1000 if connected else None
@@ -454,6 +458,7 @@ async def publish(
         "answer_video": answered_video_fmtp(session.answer),
         "sps_profile_idc": track.sps_profile_idc if track is not None else None,
         "packets_sent": packets_sent,
+        "keyframe_requests": keyframe_requests.count,
         "delete_status": delete_status,
     }
 
@@ -492,6 +497,23 @@ async def _consume(
             on_frame()
     except MediaStreamError:
         pass  # track ended: normal at close
+
+
+class KeyframeRequestCounter:
+    """Counts the keyframe requests (PLI/FIR) a publisher's video sender acts on, by wrapping
+    aiortc's private RTCRtpSender._send_keyframe (a test tool, like DropTap)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def install(self, sender: RTCRtpSender) -> None:
+        original = sender._send_keyframe
+
+        def send_keyframe() -> None:
+            self.count += 1
+            original()
+
+        sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
 
 
 class DropTap:
