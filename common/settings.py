@@ -6,6 +6,12 @@ validation all come from that table, and so does the hand-off of a gateway's set
 local workers (`Setting.argv`, the inverse of parsing). Precedence: flag, then environment,
 then default. An empty environment variable counts as unset (as in live-webrtc-go). An
 invalid value ends the program with exit code 2 and one line naming the setting.
+
+A secret setting (`secret=True`) is also read from a file: `<ENV>_FILE` names it (systemd's
+LoadCredential= puts it in $CREDENTIALS_DIRECTORY, the units point `<ENV>_FILE` there), its
+content is the value with the trailing newline removed, and an empty file counts as unset
+(then `<ENV>` applies, if set). Both a non-empty `<ENV>` and a non-empty file, or a file that
+cannot be read, exit 2 with one line that names the variable and never shows the content.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from typing import Any, Generic, NoReturn, TypeVar, cast
 T = TypeVar("T")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+FILE_SUFFIX = "_FILE"
+# A secret file is a token or a key, never a document: refuse to read more than this.
+MAX_SECRET_FILE_BYTES = 64 * 1024
 
 
 def text(raw: str) -> str:
@@ -43,6 +52,11 @@ class Setting(Generic[T]):
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+    @property
+    def file_env(self) -> str | None:
+        """The variable naming a file that holds a secret's value; None for other settings."""
+        return self.env + FILE_SUFFIX if self.secret else None
 
     def described(self, help: str) -> Setting[T]:
         """This setting (flag, variable, default, parser) as another program explains it."""
@@ -82,16 +96,20 @@ def load(
         prog=prog,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Every setting can also be given by the environment variable named in [].",
+        epilog="Every setting can also be given by the environment variable named in []. "
+        f"A secret one, shown as [VARIABLE] or [VARIABLE{FILE_SUFFIX}], can instead be read "
+        f"from a file: VARIABLE{FILE_SUFFIX}=/path (under systemd's LoadCredential=, "
+        "%d/name); the trailing newline is removed, and setting both is an error.",
     )
     for s in settings:
         shown = s.default if s.default != "" else '""'
+        also = f" or [{s.file_env}]" if s.file_env else ""
         parser.add_argument(
             s.flag,
             dest=s.name,
             default=None,
             metavar=s.env,
-            help=f"{s.help} [{s.env}] (default: {shown})",
+            help=f"{s.help} [{s.env}]{also} (default: {shown})",
         )
     args = parser.parse_args(argv)
     parsed: dict[str, object] = {}
@@ -99,8 +117,7 @@ def load(
         raw: str | None = getattr(args, s.name)
         source = s.flag
         if raw is None:
-            raw = env.get(s.env) or None
-            source = s.env
+            raw, source = _from_environment(prog, s, env)
         if raw is None:
             raw, source = s.default, f"{s.env} (default)"
         try:
@@ -109,6 +126,40 @@ def load(
             shown = "(value hidden)" if s.secret else repr(raw)
             parser.exit(2, f"{prog}: invalid value {shown} for {source}: {exc}\n")
     return Values(parsed)
+
+
+def _from_environment(prog: str, s: Setting[Any], env: Mapping[str, str]) -> tuple[str | None, str]:
+    """The setting's text from `<ENV>`, or from the file `<ENV>_FILE` names; and its source."""
+    value = env.get(s.env) or None
+    path = env.get(s.file_env) or None if s.file_env else None
+    if path is None or s.file_env is None:
+        return value, s.env
+    secret = read_secret_file(prog, s.file_env, path) or None
+    if value is not None and secret is not None:
+        die(prog, f"{s.env} and {s.file_env} are both set: set only one of them")
+    if secret is None:
+        # An empty file is unset: the units' fallback credential when the operator keeps
+        # the secret in the EnvironmentFile instead (as live-webrtc-go's operators do).
+        return value, s.env
+    return secret, s.file_env
+
+
+def read_secret_file(prog: str, variable: str, path: str) -> str:
+    """The content of the secret file `path` that `variable` names, without its trailing
+    newline; exits 2 with one line (the variable, the path, why: never the content)."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        die(prog, f"{variable}={path!r}: cannot read the file: {reason}")
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        die(prog, f"{variable}={path!r}: the file is over {MAX_SECRET_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        die(prog, f"{variable}={path!r}: the file is not UTF-8 text")
+    return text.rstrip("\r\n")
 
 
 def die(prog: str, message: str) -> NoReturn:

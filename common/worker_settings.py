@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from common.logformat import parse_log_format
 from common.settings import (
     Setting,
     die,
@@ -147,6 +148,13 @@ PLANE = Setting(
 LOG_LEVEL = Setting(
     "log_level", "LOG_LEVEL", "info", "debug, info, warning or error", parse_log_level
 )
+LOG_FORMAT = Setting(
+    "log_format",
+    "LOG_FORMAT",
+    "text",
+    "text (one line per record) or json (one JSON object per line)",
+    parse_log_format,
+)
 
 # In --help order.
 SETTINGS: tuple[Setting[Any], ...] = (
@@ -166,6 +174,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     PARENT_PID,
     PLANE,
     LOG_LEVEL,
+    LOG_FORMAT,
 )
 
 
@@ -189,6 +198,7 @@ class WorkerSettings:
     parent_pid: int | None
     plane: str
     log_level: str
+    log_format: str = "text"
 
 
 def load_worker_settings(
@@ -218,6 +228,7 @@ def load_worker_settings(
         parent_pid=values[PARENT_PID],
         plane=values[PLANE],
         log_level=values[LOG_LEVEL],
+        log_format=values[LOG_FORMAT],
     )
 
 

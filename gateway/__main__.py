@@ -23,17 +23,18 @@ import uvloop
 import zmq
 from aiohttp import web
 
-from common import logformat
+from common import logformat, notify, tracing
 from common.settings import die
-from gateway.config import GatewayConfig, load_config
+from gateway.config import GatewayConfig, LoadedConfig, load_all
 from gateway.http.access_log import RedactingAccessLogger
-from gateway.http.app import make_app, make_metrics_app
+from gateway.http.app import apply_live_config, make_app, make_metrics_app
 from gateway.http.server import install_json_errors, install_log_filter
 from gateway.http.whip_whep import API_KEY
 from gateway.metrics import REGISTRY_KEY
 from gateway.placement.directory import Directory
 from gateway.placement.registry import Registry
 from gateway.placement.supervisor import Supervisor
+from gateway.reload import ReloadState, reload
 from gateway.settings import PROG
 from ipc.channel import router_channel
 
@@ -43,6 +44,10 @@ HTTP_SHUTDOWN_TIMEOUT_S = 5.0
 CLOSE_SESSIONS_TIMEOUT_S = 5.0
 # Requests in flight when a stop begins run to their answer for at most this long.
 MAX_DRAIN_S = 15.0
+# How often a draining gateway looks whether its sessions have ended.
+SESSION_DRAIN_POLL_S = 0.1
+# How often systemd's STATUS= (rooms, sessions, workers) is refreshed.
+SYSTEMD_STATUS_INTERVAL_S = 5.0
 IPC_DIR_PREFIX = "sfu-gw-"
 _OWN_IPC_DIR = re.compile(rf"^{IPC_DIR_PREFIX}(\d+)-")
 LEGACY_IPC_DIR_MIN_AGE_S = 60.0
@@ -50,8 +55,8 @@ EXIT_OK = 0
 EXIT_STARTUP_FAILED = 1
 
 
-def configure_logging(level: str) -> None:
-    logformat.configure(level)
+def configure_logging(level: str, log_format: str = "text") -> None:
+    logformat.configure(level, log_format=log_format)
     install_log_filter()
 
 
@@ -156,6 +161,7 @@ class Gateway:
         self.supervisor: Supervisor | None = None
         self.runner: web.AppRunner | None = None
         self.metrics_runner: web.AppRunner | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Bind IPC, then HTTP, then spawn workers; raises OSError/ZMQError on a bind failure."""
@@ -213,10 +219,54 @@ class Gateway:
         # Each room on its home and on every edge; failures are logged by the registry.
         await asyncio.gather(*(registry.close_room(room) for room in rooms))
 
+    def apply_config(self, config: GatewayConfig) -> None:
+        """A reload's new configuration (gateway/reload.py: only its live settings differ)."""
+        previous = self.config
+        self.config = config
+        if self.runner is not None:
+            apply_live_config(self.runner.app, config)
+        if self.supervisor is not None:
+            self.supervisor.config = config  # a respawned worker starts with the live values
+        level = config.observability.log_level
+        if self.registry is not None and level != previous.observability.log_level:
+            task = asyncio.get_running_loop().create_task(self.registry.set_log_level(level))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _wait_for_sessions(self, timeout: float) -> None:
+        """The drain: live sessions go on (trickle, DELETE) until they end by themselves or
+        `timeout` passes; new ones are refused meanwhile (Drain.start)."""
+        if self.registry is None or timeout <= 0:
+            return
+        directory = self.registry.directory
+        if not directory.sessions:
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        log.info(
+            "draining: waiting up to %g s (DRAIN_TIMEOUT) for %d sessions to end; "
+            "a second signal stops at once",
+            timeout,
+            len(directory.sessions),
+        )
+        # Polled: the directory has no "now empty" event, and ten looks a second cost nothing.
+        while directory.sessions and loop.time() - started < timeout:  # noqa: ASYNC110
+            await asyncio.sleep(SESSION_DRAIN_POLL_S)
+        if directory.sessions:
+            log.warning(
+                "DRAIN_TIMEOUT (%g s) passed: closing the %d sessions still live",
+                timeout,
+                len(directory.sessions),
+            )
+        else:
+            log.info("drained: every session ended within %.1f s", loop.time() - started)
+
     async def stop(self, graceful: bool) -> None:
         if self.runner is not None and graceful:
             api = self.runner.app[API_KEY]
-            api.start_draining()
+            api.start_draining()  # /readyz and new sessions: 503 with Retry-After
+            await self._wait_for_sessions(self.config.ops.drain_timeout)
+            api.drain.close()
             for site in list(self.runner.sites):
                 await site.stop()  # no new connections; requests on open ones get 503
             drain_s = min(self.config.workers.ipc_timeout + 3.0, MAX_DRAIN_S)
@@ -238,9 +288,63 @@ class Gateway:
             shutil.rmtree(self.ipc_dir, ignore_errors=True)
 
 
-async def serve(config: GatewayConfig, ssl_context: ssl.SSLContext | None) -> int:
+def systemd_status(registry: Registry) -> str:
+    """The one line `systemctl status` shows: rooms, sessions and workers."""
+    directory = registry.directory
+    return (
+        f"{len(directory.rooms)} rooms, {len(directory.sessions)} sessions, "
+        f"{registry.live_worker_count()} of {len(directory.workers)} workers responsive"
+    )
+
+
+async def report_to_systemd(gateway: Gateway) -> None:
+    """READY=1 once HTTP listens (the caller starts this after gateway.start()) and a worker
+    has registered, then STATUS= every few seconds. Nothing without NOTIFY_SOCKET."""
+    registry = gateway.registry
+    if not notify.enabled() or registry is None:
+        return
+    notify.status("listening; waiting for the first media worker")
+    announced = False
+    while True:
+        if announced:
+            notify.status(systemd_status(registry))
+        elif registry.live_worker_count():
+            notify.ready(systemd_status(registry))
+            announced = True
+        await asyncio.sleep(SYSTEMD_STATUS_INTERVAL_S if announced else 0.05)
+
+
+def install_reload(
+    loop: asyncio.AbstractEventLoop,
+    gateway: Gateway,
+    loaded: LoadedConfig,
+    argv: Sequence[str] | None,
+) -> None:
+    """SIGHUP reloads the configuration (gateway/reload.py); the handler only schedules it."""
+    state = ReloadState(argv=argv, started=loaded, current=loaded, apply=gateway.apply_config)
+    running: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        log.info("received SIGHUP: reloading the configuration")
+        task = loop.create_task(reload(state))
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+
+
+async def serve(
+    config: GatewayConfig,
+    ssl_context: ssl.SSLContext | None,
+    loaded: LoadedConfig | None = None,
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT; with `loaded` (what `config` came from), SIGHUP reloads."""
+    loop = asyncio.get_running_loop()
     signals = StopSignals()
-    signals.install(asyncio.get_running_loop())
+    signals.install(loop)
+    # systemd (common/notify.py): WATCHDOG=1 from this loop for as long as it turns.
+    watchdog = notify.start_watchdog()
     gateway = Gateway(config, ssl_context)
     try:
         await gateway.start()
@@ -248,7 +352,12 @@ async def serve(config: GatewayConfig, ssl_context: ssl.SSLContext | None) -> in
         log.error("cannot start: %s", exc)
         await gateway.stop(graceful=False)
         return EXIT_STARTUP_FAILED
+    if loaded is not None:
+        install_reload(loop, gateway, loaded, argv)
+    reporter = asyncio.create_task(report_to_systemd(gateway))
     await signals.graceful.wait()
+    reporter.cancel()
+    notify.stopping("draining")
     log.info("stopping (a second signal stops at once)")
     graceful = asyncio.create_task(gateway.stop(graceful=True))
     fast = asyncio.create_task(signals.fast.wait())
@@ -260,16 +369,24 @@ async def serve(config: GatewayConfig, ssl_context: ssl.SSLContext | None) -> in
             await graceful
         await gateway.stop(graceful=False)
     fast.cancel()
+    if watchdog is not None:
+        watchdog.cancel()
     log.info("stopped")
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = load_config(argv)
-    configure_logging(config.observability.log_level)
+    loaded = load_all(argv)  # flags, environment, CONFIG_FILE, defaults
+    config = loaded.config
+    configure_logging(config.observability.log_level, config.observability.log_format)
+    notify.configure()  # takes NOTIFY_SOCKET & co. out of the environment workers inherit
     ssl_context = build_ssl_context(config)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(serve(config, ssl_context))
+    tracing.setup("sfu-gateway")  # only when OTEL_* asks for it (common/tracing.py)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(serve(config, ssl_context, loaded, argv))
+    finally:
+        tracing.shutdown()  # export the spans still buffered
 
 
 if __name__ == "__main__":

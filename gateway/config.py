@@ -4,11 +4,20 @@ by concern into frozen dataclasses with their real types.
 Values that are only invalid in combination (TLS pair, UDP port split, timeouts, S3) are
 checked after parsing and, like every invalid value, end the program with exit code 2 and one
 line naming the setting.
+
+CONFIG_FILE names a VAR=value file in systemd's EnvironmentFile syntax, read at start and on
+every reload (gateway/reload.py). Precedence: flag, then environment variable, then
+CONFIG_FILE, then default; so a reload cannot change a setting that a flag or a non-empty
+environment variable also gives.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -126,6 +135,15 @@ class UploadConfig:
 class ObservabilityConfig:
     log_level: str
     metrics_addr: HttpAddress | None
+    log_format: str = "text"
+
+
+@dataclass(frozen=True)
+class OperationsConfig:
+    """Reload and stop (gateway/reload.py, gateway/__main__.py)."""
+
+    config_file: str = ""  # CONFIG_FILE; empty: none
+    drain_timeout: float = 30.0  # DRAIN_TIMEOUT; 0: a stop closes the sessions at once
 
 
 @dataclass(frozen=True)
@@ -139,6 +157,7 @@ class GatewayConfig:
     recording: RecordingConfig
     upload: UploadConfig
     observability: ObservabilityConfig
+    ops: OperationsConfig = OperationsConfig()
 
 
 def _build(v: Values) -> GatewayConfig:
@@ -217,6 +236,11 @@ def _build(v: Values) -> GatewayConfig:
         observability=ObservabilityConfig(
             log_level=v[s.LOG_LEVEL],
             metrics_addr=v[s.METRICS_ADDR],
+            log_format=v[s.LOG_FORMAT],
+        ),
+        ops=OperationsConfig(
+            config_file=v[s.CONFIG_FILE],
+            drain_timeout=v[s.DRAIN_TIMEOUT],
         ),
     )
 
@@ -269,9 +293,112 @@ def _check_combinations(config: GatewayConfig) -> None:
     _check_upload(config.upload)
 
 
+# --- CONFIG_FILE ------------------------------------------------------------------------------
+
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def parse_environment_file(text: str) -> dict[str, str]:
+    """VAR=value lines as systemd's EnvironmentFile= reads them: blank lines and lines whose
+    first non-blank character is # or ; are skipped; blanks around the name and the value are
+    removed; a value wholly in single or double quotes loses them (inside double quotes, a
+    backslash escapes the next character). A later line wins. Raises ValueError naming the
+    line number (never the value: it may be a secret)."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        name, sep, value = stripped.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not _VARIABLE.match(name):
+            raise ValueError(f"line {number}: expected VAR=value")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            quote, value = value[0], value[1:-1]
+            if quote == '"':
+                value = re.sub(r"\\(.)", r"\1", value)
+        elif value[:1] in ("'", '"'):
+            raise ValueError(f"line {number}: {name}: unterminated quote")
+        values[name] = value
+    return values
+
+
+def read_config_file(path: str) -> dict[str, str]:
+    """CONFIG_FILE's variables; exits 2 with one line when it cannot be read or parsed."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            return parse_environment_file(file.read())
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        die(PROG, f"CONFIG_FILE={path!r}: cannot read it: {reason}")
+    except ValueError as exc:
+        die(PROG, f"CONFIG_FILE={path!r}: {exc}")
+
+
+def _config_file_path(argv: Sequence[str] | None, env: Mapping[str, str]) -> str:
+    """--config-file, else CONFIG_FILE: the file must be known before the other settings."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument(s.CONFIG_FILE.flag, dest="config_file", default=None)
+    known, _rest = parser.parse_known_args(argv)
+    path: str | None = known.config_file
+    return path if path is not None else env.get(s.CONFIG_FILE.env, "")
+
+
+def effective_environment(
+    argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
+) -> Mapping[str, str]:
+    """The environment the settings are read from: CONFIG_FILE's variables under the process
+    environment's non-empty ones (an empty variable counts as unset, as everywhere)."""
+    env = os.environ if environ is None else environ
+    path = _config_file_path(argv, env)
+    if not path:
+        return env
+    merged = read_config_file(path)
+    merged.update({name: value for name, value in env.items() if value})
+    return merged
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """The configuration and the parsed value of every setting it was built from (a reload
+    compares these to name what changed)."""
+
+    config: GatewayConfig
+    values: Values
+
+
+def load_all(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> LoadedConfig:
+    """Flags, environment, CONFIG_FILE, defaults; exits 2 with one line on an invalid value."""
+    env = effective_environment(argv, environ)
+    values = load(PROG, DESCRIPTION, s.SETTINGS, argv, env)
+    config = _build(values)
+    _check_combinations(config)
+    return LoadedConfig(config, values)
+
+
+class ConfigError(Exception):
+    """An invalid configuration, with the one line that says why."""
+
+
+def try_load_all(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> LoadedConfig:
+    """load_all for a running gateway: raises ConfigError with the line load_all would have
+    printed, instead of exiting."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return load_all(argv, environ)
+    except SystemExit:
+        lines = said.getvalue().strip().splitlines()
+        message = lines[-1] if lines else "invalid configuration"
+        prefix = f"{PROG}: "
+        raise ConfigError(message.removeprefix(prefix)) from None
+
+
 def load_config(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> GatewayConfig:
-    config = _build(load(PROG, DESCRIPTION, s.SETTINGS, argv, environ))
-    _check_combinations(config)
-    return config
+    return load_all(argv, environ).config

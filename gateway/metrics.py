@@ -22,11 +22,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
+    Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
@@ -34,7 +37,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.placement.directory import SessionDirectory, WorkerInfo
+from gateway.placement.directory import SessionDirectory, SessionEntry, WorkerInfo
 from ipc.messages import Counters, Heartbeat, RoomStats
 
 # How long the series of a closed room or a vanished worker stay exported.
@@ -54,6 +57,7 @@ WORKER_COUNTER_FIELDS: tuple[str, ...] = (
     "plane_packets_lost",
 )
 Values = tuple[int, ...]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _values(counters: Counters, fields: tuple[str, ...] = COUNTER_FIELDS) -> Values:
@@ -339,10 +343,56 @@ def _worker_gauges(directory: SessionDirectory, totals: TrafficTotals) -> Iterab
     yield responsive
 
 
+# live_session_setup_seconds and live_session_connect_seconds: 5 ms to 10 s, then +Inf.
+SESSION_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STATUS_CLASSES: tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx")
+# Not counted in live_http_responses_total: probes and scrapes would drown the API's answers
+# (a starting gateway's /readyz answers 503 until its first worker registers).
+UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def status_class(status: int) -> str:
+    """The one label of live_http_responses_total: 204 -> 2xx, 503 -> 5xx."""
+    return f"{min(max(status // 100, 1), 5)}xx"
+
+
 class GatewayCounters:
-    """Counters of the gateway's own decisions (refusals), in the app's registry."""
+    """The gateway's own metrics, in the app's registry: its decisions (refusals), the HTTP
+    answers it gave, how long sessions took to set up, and whether it is draining."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.http_responses = Counter(
+            "live_http_responses",
+            "HTTP responses of the gateway's API listener by status class (1xx to 5xx), "
+            "without /healthz, /readyz and /metrics",
+            ["status_class"],
+            registry=registry,
+        )
+        for label in STATUS_CLASSES:
+            self.http_responses.labels(label)  # every class exported from the start, at 0
+        self.session_setup = Histogram(
+            "live_session_setup_seconds",
+            "WHIP/WHEP POST received to 201 sent (successful offers only), by session kind",
+            ["kind"],
+            buckets=SESSION_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.session_connect = Histogram(
+            "live_session_connect_seconds",
+            "WHIP/WHEP session reserved (the POST's offer read and checked) to the worker "
+            "reporting it connected (ICE and DTLS up), by session kind",
+            ["kind"],
+            buckets=SESSION_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        for kind in ("publisher", "subscriber"):
+            self.session_setup.labels(kind)
+            self.session_connect.labels(kind)
+        self.draining = Gauge(
+            "live_draining",
+            "1 while the gateway is draining (stopping: new sessions refused), else 0",
+            registry=registry,
+        )
         self.rate_limited = Counter(
             "live_http_rate_limited",
             "API requests refused with 429 by the per-client rate limit",
@@ -360,6 +410,35 @@ class GatewayCounters:
             ["reason"],
             registry=registry,
         )
+
+
+    def observe_connected(self, session: SessionEntry) -> None:
+        """Registry.on_connected: the worker reported `session` connected (once per session)."""
+        elapsed = time.monotonic() - session.created
+        self.session_connect.labels(session.kind).observe(max(elapsed, 0.0))
+
+    def middleware(self) -> Middleware:
+        """Counts the app's answers by status class, except UNCOUNTED_PATHS; the outermost
+        middleware, so that it sees the answers of the other middlewares too. Cheap: one
+        set lookup and one counter increment."""
+        responses = self.http_responses
+
+        @web.middleware
+        async def count_responses(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path in UNCOUNTED_PATHS:
+                return await handler(request)
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                responses.labels(status_class(exc.status)).inc()
+                raise
+            except Exception:
+                responses.labels("5xx").inc()  # aiohttp answers 500
+                raise
+            responses.labels(status_class(response.status)).inc()
+            return response
+
+        return count_responses
 
 
 COUNTERS_KEY = web.AppKey("metrics_counters", GatewayCounters)

@@ -320,7 +320,29 @@ SPREAD_THRESHOLD = Setting(
     "viewers of its rooms go to the least loaded local worker instead; 0 = spread at once",
     parse_int_range(0, 1_000_000),
 )
-LOG_LEVEL = worker.LOG_LEVEL
+LOG_LEVEL = worker.LOG_LEVEL.described(
+    "debug, info, warning or error (the gateway's changes on SIGHUP; its workers' at restart)"
+)
+LOG_FORMAT = worker.LOG_FORMAT.described(
+    "text (one line per record) or json (one JSON object per line), gateway and workers alike"
+)
+# Operations: where a reload reads the configuration, and how long a stop waits.
+CONFIG_FILE = Setting(
+    "config_file",
+    "CONFIG_FILE",
+    "",
+    "VAR=value file (systemd EnvironmentFile syntax) read at start and on SIGHUP; "
+    "flags and environment variables override it",
+    text,
+)
+DRAIN_TIMEOUT = Setting(
+    "drain_timeout",
+    "DRAIN_TIMEOUT",
+    "30",
+    "seconds a stop (SIGTERM) lets live sessions end by themselves before it closes them; "
+    "0 = close them at once",
+    parse_non_negative_float,
+)
 # Access control (live-webrtc-go names).
 ALLOWED_ORIGIN = Setting(
     "allowed_origin",
@@ -502,6 +524,9 @@ SETTINGS: tuple[Setting[Any], ...] = (
     SPREAD_ROOMS,
     SPREAD_THRESHOLD,
     LOG_LEVEL,
+    LOG_FORMAT,
+    CONFIG_FILE,
+    DRAIN_TIMEOUT,
     ALLOWED_ORIGIN,
     AUTH_TOKEN,
     ROOM_TOKENS,

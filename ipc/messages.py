@@ -14,7 +14,8 @@ import msgspec
 # 2: OpenSession replaced OpenPublisher/OpenSubscriber; Failure codes, session and publisher
 # states are closed sets (an unknown one does not decode).
 # 3: the shared-memory plane: OpenSession.home, FollowRoom, the plane counters of Heartbeat.
-PROTOCOL_VERSION = 3
+# 4: OpenSession.trace (W3C trace context; a worker of 3 could not decode it), SetLogLevel.
+PROTOCOL_VERSION = 4
 
 SessionKind = Literal["publisher", "subscriber"]
 # A session's changes of state that its worker reports on its own.
@@ -132,6 +133,10 @@ class OpenSession(_Msg, tag="open_session"):
     home: for a subscriber placed on an *edge* (a local worker other than the one its room's
     publisher is on), the worker id of the room's home, whose shared-memory rings the edge
     reads (sfu/plane/); empty when the session goes to the home itself.
+
+    trace: the gateway's trace context as W3C headers (traceparent, tracestate), for the
+    worker's spans to join the HTTP request's trace (common/tracing.py); empty when tracing
+    is off. Carried as plain strings: ipc/ knows nothing of OpenTelemetry.
     """
 
     kind: SessionKind
@@ -139,6 +144,7 @@ class OpenSession(_Msg, tag="open_session"):
     session_id: str
     offer: str
     home: str = ""
+    trace: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class FollowRoom(_Msg, tag="follow_room"):
@@ -171,6 +177,12 @@ class CloseSession(_Msg, tag="close_session"):
 
 class CloseRoom(_Msg, tag="close_room"):
     room: str
+
+
+class SetLogLevel(_Msg, tag="set_log_level"):
+    """A reload changed LOG_LEVEL: the worker logs at `level` from now on (answered Done)."""
+
+    level: str
 
 
 class Done(_Msg, tag="done"):
@@ -208,6 +220,7 @@ Message = (
     | CloseSession
     | CloseRoom
     | FollowRoom
+    | SetLogLevel
     | Done
     | Failure
     | SessionState

@@ -10,6 +10,9 @@ apt_install python3-venv python3-dev gcc chromium
 apt_install python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
   gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-nice
+# promtool, for tests/ops/test_dashboards.py (ops/prometheus/alerts.yml); Debian ships it only
+# in the prometheus package, whose own server service is not needed.
+apt_install prometheus
 check_python
 ensure_venv test
 

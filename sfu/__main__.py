@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import uvloop
 
-from common import logformat
+from common import logformat, notify, tracing
 from common.settings import die
 from common.worker_settings import PROG, WorkerSettings, load_worker_settings
 from sfu import aiortc_adapter as adapter
@@ -33,10 +33,14 @@ EXIT_BOOT_FAILURE = 3
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = load_worker_settings(argv)
+    notify.configure()
     name = (settings.worker_id or "worker").replace("%", "%%")
     logformat.configure(
         settings.log_level,
         f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s",
+        settings.log_format,
+        # LOG_FORMAT=json: every record says which worker wrote it (worker_config's id).
+        {"worker": settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"},
     )
     # aioice logs every failed check at INFO; a media server only needs its warnings.
     level = logging.getLevelNamesMapping()[settings.log_level.upper()]
@@ -50,11 +54,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     addresses = settings.bind_addresses or adapter.default_host_addresses()
     adapter.restrict_host_addresses(addresses)
     config = worker_config(settings, _session_capacity(settings, len(addresses)))
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        loop = runner.get_loop()
-        if settings.udp_ports is not None:
-            adapter.install_port_range(loop, adapter.PortRange(*settings.udp_ports))
-        return runner.run(_run(config))
+    # Only when OTEL_* asks for it (common/tracing.py); local workers inherit the gateway's.
+    tracing.setup("sfu-worker", {"worker.id": config.worker_id})
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            loop = runner.get_loop()
+            if settings.udp_ports is not None:
+                adapter.install_port_range(loop, adapter.PortRange(*settings.udp_ports))
+            return runner.run(_run(config))
+    finally:
+        tracing.shutdown(timeout_s=2.0)  # within the supervisor's stop grace
 
 
 def _session_capacity(settings: WorkerSettings, addresses: int) -> int | None:
@@ -94,12 +103,25 @@ def worker_config(settings: WorkerSettings, session_capacity: int | None) -> Wor
 async def _run(config: WorkerConfig) -> int:
     worker = Worker(config)
     loop = asyncio.get_running_loop()
+    # systemd (common/notify.py; a stand-alone worker's unit): READY=1 once registered,
+    # WATCHDOG=1 from this loop, STOPPING=1 on SIGTERM. Nothing without NOTIFY_SOCKET.
+    def registered() -> None:
+        notify.ready(f"registered with the gateway at {config.connect}")
+
+    def stop(name: str) -> None:
+        notify.stopping()
+        worker.stop(name)
+
+    worker.on_registered = registered
+    watchdog = notify.start_watchdog()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, worker.stop, signal.Signals(signum).name)
+        loop.add_signal_handler(signum, stop, signal.Signals(signum).name)
     # Harmless signals must not kill a worker that carries live rooms.
     for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE):
         loop.add_signal_handler(signum, lambda: None)
     code = await worker.run()
+    if watchdog is not None:
+        watchdog.cancel()
     if worker.exit_reason:
         logging.getLogger(__name__).info("worker exiting: %s", worker.exit_reason)
     return code

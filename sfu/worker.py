@@ -15,8 +15,10 @@ import os
 import resource
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from common import tracing
 from ipc import messages as m
 from ipc.channel import Channel, IpcError, RemoteFailure, dealer_channel
 from ipc.shm import ring
@@ -33,6 +35,10 @@ from sfu.session import CapacityError, OfferError, PublisherSession, Session, Se
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 2.0
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,8 @@ class Worker:
         self.recorder = Recorder(config.recording, config.worker_id)
         self.plane_home: PlaneHome | None = None
         self.plane_edge: PlaneEdge | None = None
+        # Hook: called after each successful registration (sfu/__main__.py tells systemd).
+        self.on_registered: Callable[[], None] = _nothing
 
     # --- main loop --------------------------------------------------------------------------
 
@@ -140,6 +148,7 @@ class Worker:
                 continue
             if isinstance(answer, m.Welcome):
                 log.info("registered with gateway as %s", self.config.worker_id)
+                self.on_registered()
                 return answer.heartbeat_interval
         return None
 
@@ -261,9 +270,26 @@ class Worker:
         if isinstance(body, m.FollowRoom):
             await self._follow(body.room, body.home)
             return m.Done()
+        if isinstance(body, m.SetLogLevel):
+            return _set_log_level(body.level)
         return m.Failure("internal", f"a worker does not serve {type(body).__name__}")
 
     async def _open(self, request: m.OpenSession) -> m.Message:
+        """Open a session, in a span that joins the gateway's trace (`request.trace`)."""
+        attributes = {
+            "sfu.session.kind": request.kind,
+            "sfu.session.id_prefix": tracing.short_id(request.session_id),
+            "sfu.room": request.room,
+        }
+        with tracing.span(
+            "sfu.session.open", kind="server", attributes=attributes, parent=request.trace
+        ) as span:
+            answer = await self._open_session(request)
+            if isinstance(answer, m.Failure):
+                span.fail(answer.code)
+            return answer
+
+    async def _open_session(self, request: m.OpenSession) -> m.Message:
         if self.find_session(request.session_id) is not None:
             return m.Failure("internal", "session id already in use")
         capacity = self.config.session_capacity
@@ -287,6 +313,7 @@ class Worker:
             session = room.open_session(request.kind, request.session_id)
         except RoomRefusal as exc:
             return m.Failure(exc.code, str(exc))
+        session.trace_connection()  # a span from here to connected, when tracing is on
         try:
             answer = await session.open(request.offer)
             ufrag, pwd = ice_credentials(session.pc.localDescription.sdp)
@@ -384,6 +411,17 @@ def _open_failure(session: Session, exc: Exception) -> m.Failure:
         return m.Failure("overloaded", str(exc))
     log.exception("%s: opening failed", where)
     return m.Failure("internal", f"{type(exc).__name__}: {exc}")
+
+
+def _set_log_level(name: str) -> m.Message:
+    """LOG_LEVEL changed by the gateway's reload (aioice stays at WARNING at least)."""
+    level = logging.getLevelNamesMapping().get(name.upper())
+    if level is None:
+        return m.Failure("internal", f"unknown log level {name!r}")
+    logging.getLogger().setLevel(level)
+    logging.getLogger("aioice").setLevel(max(level, logging.WARNING))
+    log.info("log level set to %s", name)
+    return m.Done()
 
 
 def _rss_bytes() -> int:

@@ -38,6 +38,9 @@ STOP_GRACE = 10.0
 # defaults against floods are off unless a test sets them (tests/adversarial/
 # test_hardening_regressions.py checks those defaults on a gateway started without these).
 ONE_ADDRESS_DEFAULTS = {"RATE_LIMIT_RPS": "0", "MAX_PENDING_SESSIONS_PER_IP": "0"}
+# A gateway under test stops at once (as before DRAIN_TIMEOUT existed) unless a test sets
+# DRAIN_TIMEOUT (tests/ops/test_drain.py checks the drain itself).
+STOP_DEFAULTS = {"DRAIN_TIMEOUT": "0"}
 # Settings the caller's environment must not leak into a gateway under test: every one it has.
 _GATEWAY_ENV = frozenset(setting.env for setting in SETTINGS)
 
@@ -56,6 +59,7 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _GATEWAY_ENV}
     env["PYTHONPATH"] = str(REPO)
     env.update(ONE_ADDRESS_DEFAULTS)
+    env.update(STOP_DEFAULTS)
     env.update(extra or {})
     return env
 
@@ -253,14 +257,21 @@ def run_gateway_cli(
 class RemoteWorker:
     """A `python -m sfu` worker started by hand, as on a remote host (no --parent-pid)."""
 
-    def __init__(self, log_dir: Path, connect: str, worker_id: str, *extra: str) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        connect: str,
+        worker_id: str,
+        *extra: str,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.worker_id = worker_id
         self.log_path = log_dir / f"worker-{worker_id}-{time.monotonic_ns()}.log"
         command = [sys.executable, "-m", "sfu", "--connect", connect, "--worker-id", worker_id]
         command += ["--bind-addresses", "127.0.0.1", *extra]
         with self.log_path.open("wb") as log_file:
             self.process = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO
+                command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env(env), cwd=REPO
             )
 
     def output(self) -> str:

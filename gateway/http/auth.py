@@ -88,6 +88,13 @@ def forbidden(message: str, code: str = "forbidden") -> HttpError:
 
 class Authenticator:
     def __init__(self, config: GatewayConfig) -> None:
+        self.configure(config)
+        # Said once in configure; PyJWT would otherwise warn on every verification.
+        warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
+
+    def configure(self, config: GatewayConfig) -> None:
+        """Take the credentials of `config` (at start, and on a reload: every request after
+        this call is judged by the new ones)."""
         auth = config.auth
         self._auth_token = _digest(auth.auth_token) if auth.auth_token else None
         self._admin_token = _digest(auth.admin_token) if auth.admin_token else None
@@ -100,8 +107,6 @@ class Authenticator:
                 "JWT_SECRET is shorter than %d bytes; use a longer random secret",
                 MIN_HMAC_KEY_BYTES,
             )
-        # Said once above; PyJWT would otherwise warn on every verification.
-        warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
 
     @property
     def admin_configured(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -14,7 +16,15 @@ CORS_HEADERS = {
     "Access-Control-Max-Age": "600",
 }
 
-ORIGINS_KEY = web.AppKey("allowed_origins", frozenset)
+
+class AllowedOrigins:
+    """ALLOWED_ORIGIN as the requests read it now: a reload replaces `origins`."""
+
+    def __init__(self, origins: Iterable[str]) -> None:
+        self.origins = frozenset(origins)
+
+
+ORIGINS_KEY = web.AppKey("allowed_origins", AllowedOrigins)
 
 
 def allowed_origin(request: web.Request) -> str | None:
@@ -23,7 +33,7 @@ def allowed_origin(request: web.Request) -> str | None:
     ALLOWED_ORIGIN is `*` or a list of exact origins (live-webrtc-go also took a bare host
     and matched any scheme and port of it: not any more).
     """
-    origins = request.app[ORIGINS_KEY]
+    origins = request.app[ORIGINS_KEY].origins
     if "*" in origins:
         return "*"
     origin = request.headers.get("Origin")

@@ -18,12 +18,16 @@ READ_CHUNK = 64 * 1024
 class Drain:
     """The requests in flight, so that a stopping gateway answers every request it started.
 
-    A body still being received when the stop begins gets DRAIN_BODY_GRACE_S more, then a
-    503; everything else runs to its answer (a worker's included, bounded by IPC_TIMEOUT).
+    A stop has two phases. `start` (draining): new sessions are refused with 503, /readyz
+    says 503, every other request is served as usual, so live sessions can trickle and end
+    (DELETE) by themselves for up to DRAIN_TIMEOUT. `close` (closing, the listener is about
+    to go): a body still being received gets DRAIN_BODY_GRACE_S more, then a 503; everything
+    else runs to its answer (a worker's included, bounded by IPC_TIMEOUT).
     """
 
     def __init__(self) -> None:
         self.draining = False
+        self.closing = False
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -31,6 +35,9 @@ class Drain:
 
     def start(self) -> None:
         self.draining = True
+
+    def close(self) -> None:
+        self.draining = self.closing = True
         for timeout in self._body_reads:
             self._shorten(timeout)
 
@@ -59,7 +66,7 @@ class Drain:
 
     def watch_body(self, timeout: asyncio.Timeout) -> None:
         self._body_reads.add(timeout)
-        if self.draining:
+        if self.closing:
             self._shorten(timeout)
 
     def unwatch_body(self, timeout: asyncio.Timeout) -> None:
@@ -103,7 +110,7 @@ async def read_bounded_body(request: web.Request, limit: int) -> str:
                 if drain is not None:
                     drain.unwatch_body(timeout)
     except TimeoutError:
-        if drain is not None and drain.draining:
+        if drain is not None and drain.closing:
             raise unavailable("shutting_down", "the gateway is shutting down") from None
         raise HttpError(408, "body_timeout", "request body not received in time") from None
     try:

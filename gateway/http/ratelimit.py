@@ -91,7 +91,7 @@ class TokenBuckets:
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
-        self.rate = rate
+        self.rate = rate  # RateLimit.configure changes rate and burst live
         self.burst = float(max(burst, 1))  # live-webrtc-go: a burst <= 0 means 1
         self.max_clients = max_clients
         self._clock = clock
@@ -156,15 +156,35 @@ def is_limited(request: web.Request) -> bool:
     )
 
 
-def rate_limit_middleware(
-    buckets: TokenBuckets,
-    trusted: Sequence[Network],
-    on_refused: Callable[[], None],
-) -> Middleware:
+class RateLimit:
+    """RATE_LIMIT_RPS, RATE_LIMIT_BURST and TRUSTED_PROXIES as the requests read them now.
+
+    `configure` takes new values (a reload): a changed rate or burst applies to the existing
+    buckets, so a client keeps what it has used; a rate of 0 turns the limit off.
+    """
+
+    def __init__(self, rate: float, burst: int, trusted: Sequence[Network]) -> None:
+        self.buckets: TokenBuckets | None = None
+        self.trusted: Sequence[Network] = ()
+        self.configure(rate, burst, trusted)
+
+    def configure(self, rate: float, burst: int, trusted: Sequence[Network]) -> None:
+        self.trusted = list(trusted)
+        if rate <= 0:
+            self.buckets = None
+        elif self.buckets is None:
+            self.buckets = TokenBuckets(rate, burst)
+        else:
+            self.buckets.rate = rate
+            self.buckets.burst = float(max(burst, 1))
+
+
+def rate_limit_middleware(limit: RateLimit, on_refused: Callable[[], None]) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if is_limited(request):
-            wait = buckets.take(request_client_key(request, trusted))
+        buckets = limit.buckets
+        if buckets is not None and is_limited(request):
+            wait = buckets.take(request_client_key(request, limit.trusted))
             if wait > 0:
                 on_refused()
                 retry_after = str(max(1, math.ceil(wait)))

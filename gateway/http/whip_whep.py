@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Coroutine, Iterable
 from functools import partial
 from typing import Any
@@ -37,6 +38,9 @@ SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
 
 ENDPOINT_METHODS = ("GET", "HEAD", "OPTIONS", "POST")
+# A POST that arrives before the first local worker registered (a gateway that just started)
+# waits this long for one instead of failing with 503 no_worker at once.
+FIRST_WORKER_WAIT_S = 5.0
 SESSION_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH")
 # Where each kind of session lives: (endpoint prefix, session prefix).
 PREFIXES: dict[SessionKind, tuple[str, str]] = {
@@ -146,6 +150,7 @@ class Api:
         return web.Response(status=204, headers=headers)
 
     async def _create_session(self, kind: SessionKind, request: web.Request) -> web.Response:
+        received = time.monotonic()  # live_session_setup_seconds: from here to the 201
         room = request.match_info["room"]
         require_room(request, room)
         _check_content_type(request, SDP)
@@ -156,6 +161,7 @@ class Api:
             raise HttpError(400, "bad_offer", str(exc)) from None
         if self.draining:
             raise unavailable("shutting_down", "the gateway is shutting down")
+        await self._await_first_worker()
         session_id, etag = new_session_id(), new_etag()
         ufrag, pwd = summary.ice_ufrag or "", summary.ice_pwd or ""
         client = request_client_key(request, self.config.limits.trusted_proxies)
@@ -187,6 +193,7 @@ class Api:
             room,
             session.worker_id,
             f" (edge of {session.home})" if session.home else "",
+            extra={"room": room, "session": session_id[:8], "worker": session.worker_id},
         )
         if kind == "publisher" and self.directory.workers_of_room(room) - {session.worker_id}:
             # Viewers of the room on other workers (edges) read their media from this one now.
@@ -197,9 +204,24 @@ class Api:
         for link in ice_server_links(self.config.ice, room):
             headers.add("Link", link)
         # body= rather than text= keeps Content-Type exactly application/sdp (no charset).
-        return web.Response(
+        response = web.Response(
             status=201, body=answer.answer.encode(), content_type=SDP, headers=headers
         )
+        setup = request.app[COUNTERS_KEY].session_setup
+        setup.labels(kind).observe(time.monotonic() - received)
+        return response
+
+    async def _await_first_worker(self) -> None:
+        """Until the first worker registered, wait up to FIRST_WORKER_WAIT_S for one (placement
+        then answers 503 no_worker if none came); afterwards this costs nothing. Only with
+        local workers, which are on their way: remote ones come when they come."""
+        if self.config.workers.count == 0:
+            return
+        deadline = time.monotonic() + FIRST_WORKER_WAIT_S
+        while not self.registry.ever_registered and not self.draining:
+            if time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.05)
 
     def _check_caps(self, request: web.Request, room: str, client: str, kind: SessionKind) -> None:
         """MAX_SESSIONS_PER_IP, MAX_PENDING_SESSIONS_PER_IP, MAX_PENDING_SESSIONS and

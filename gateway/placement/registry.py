@@ -17,10 +17,11 @@ import logging
 import time
 from collections.abc import Callable
 
+from common import tracing
 from gateway.config import GatewayConfig
 from gateway.placement.directory import Directory, SessionEntry, WorkerInfo
 from gateway.sdpfrag import SdpFragment
-from ipc.channel import Channel, IpcError, PeerGone
+from ipc.channel import Channel, IpcError, PeerGone, RemoteFailure
 from ipc.messages import (
     PROTOCOL_VERSION,
     AddCandidates,
@@ -37,6 +38,7 @@ from ipc.messages import (
     Reregister,
     SessionAnswer,
     SessionState,
+    SetLogLevel,
     Welcome,
 )
 
@@ -56,6 +58,10 @@ def _ignore(_worker_id: str) -> None:
 
 
 def _ignore_heartbeat(_worker: WorkerInfo, _heartbeat: Heartbeat) -> None:
+    return None
+
+
+def _ignore_session(_session: SessionEntry) -> None:
     return None
 
 
@@ -81,12 +87,15 @@ class Registry:
         self._clock = clock
         self._monitor: asyncio.Task[None] | None = None
         self.shutting_down = False  # workers exiting now are expected to, not failures
+        self.ever_registered = False  # a worker has registered since the gateway started
         # Hooks the supervisor fills in; the defaults suit a gateway with remote workers only.
         self.local_pid_of: Callable[[str], int | None] = _no_local_pid
         self.on_worker_registered: Callable[[str], None] = _ignore
         self.on_worker_lost: Callable[[str], None] = _ignore
         # Metrics (gateway/metrics.py) read every heartbeat's counters.
         self.on_heartbeat: Callable[[WorkerInfo, Heartbeat], None] = _ignore_heartbeat
+        # ...and each session's first "connected" report (live_session_connect_seconds).
+        self.on_connected: Callable[[SessionEntry], None] = _ignore_session
         # Sessions deleted while their worker was unresponsive: closed when it is back.
         self._deferred_closes: dict[str, set[str]] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -164,6 +173,7 @@ class Registry:
             hello.version,
             "local" if hello.local else "remote",
         )
+        self.ever_registered = True
         self.on_worker_registered(hello.worker_id)
         return Welcome(self.config.workers.heartbeat_interval)
 
@@ -199,9 +209,17 @@ class Registry:
                 _short(body.session_id),
                 session.room,
                 body.reason or "no reason given",
+                extra={
+                    "room": session.room,
+                    "session": _short(body.session_id),
+                    "worker": session.worker_id,
+                },
             )
         elif body.state == "connected":
+            first = not session.connected
             self.directory.mark_connected(body.session_id)
+            if first:
+                self.on_connected(session)
 
     # --- death ----------------------------------------------------------------------------
 
@@ -284,13 +302,31 @@ class Registry:
         )
 
     async def open_session(self, session: SessionEntry, offer: str) -> SessionAnswer:
-        request = OpenSession(
-            session.kind, session.room, session.session_id, offer, home=session.home
-        )
-        answer = await self._request(session.worker_id, request)
-        if not isinstance(answer, SessionAnswer):
-            raise UnexpectedAnswer(f"worker answered {type(answer).__name__} to an open")
-        return answer
+        attributes: dict[str, tracing.AttributeValue] = {
+            "sfu.worker.id": session.worker_id,
+            "sfu.session.kind": session.kind,
+            "sfu.session.id_prefix": tracing.short_id(session.session_id),
+            "sfu.room": session.room,
+        }
+        if session.home:
+            attributes["sfu.home"] = session.home
+        with tracing.span("ipc OpenSession", kind="client", attributes=attributes) as span:
+            request = OpenSession(
+                session.kind,
+                session.room,
+                session.session_id,
+                offer,
+                home=session.home,
+                trace=tracing.inject(),  # the worker's spans join this trace
+            )
+            try:
+                answer = await self._request(session.worker_id, request)
+            except RemoteFailure as exc:
+                span.fail(exc.code)
+                raise
+            if not isinstance(answer, SessionAnswer):
+                raise UnexpectedAnswer(f"worker answered {type(answer).__name__} to an open")
+            return answer
 
     async def add_candidates(self, session: SessionEntry, fragment: SdpFragment) -> None:
         """One AddCandidates per media section; with BUNDLE that is nearly always one."""
@@ -349,6 +385,11 @@ class Registry:
             if (worker := self.directory.workers.get(worker_id)) is not None and worker.responsive
         )
         await self._fan_out(edges, FollowRoom(room, home), f"following room {room} at {home}")
+
+    async def set_log_level(self, level: str) -> None:
+        """A reload changed LOG_LEVEL: every live worker logs at it from now on."""
+        workers = sorted(w.worker_id for w in self.directory.workers.values() if w.responsive)
+        await self._fan_out(workers, SetLogLevel(level), f"setting log level {level}")
 
     async def close_room(self, room: str) -> None:
         """Close `room` on its home and on every worker with sessions of it. Failures are

@@ -46,7 +46,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Neither the gateway's settings (its secrets among them) nor a worker setting the gateway
 # did not write on the command line may reach a worker through its environment.
 _SETTINGS_ENV = frozenset(
-    setting.env for setting in gateway_settings.SETTINGS + worker_settings.SETTINGS
+    name
+    for setting in gateway_settings.SETTINGS + worker_settings.SETTINGS
+    for name in (setting.env, setting.file_env)  # a secret's <ENV>_FILE too
+    if name is not None
 )
 
 
@@ -114,6 +117,7 @@ def local_worker_settings(
         parent_pid=os.getpid(),
         plane=plane,
         log_level=config.observability.log_level,
+        log_format=config.observability.log_format,
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -21,6 +22,7 @@ from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationEr
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
+from common import tracing
 from sfu import aiortc_adapter as adapter
 from sfu.media import ForwardingStats
 from sfu.sdp import (
@@ -79,6 +81,10 @@ class Session:
         self.closed = False
         self._deadline: asyncio.TimerHandle | None = None
         self._mids: list[str] = []
+        # Tracing (common/tracing.py), NO_SPAN when off: from the offer to connected, with
+        # ice.connected and dtls.connected events; then from connected to the first packet.
+        self.connect_span = tracing.NO_SPAN
+        self.first_packet_span = tracing.NO_SPAN
 
     async def open(self, offer_sdp: str) -> str:
         """Answer the client's offer; OfferError for what the client sent."""
@@ -86,9 +92,23 @@ class Session:
 
     # --- lifecycle ------------------------------------------------------------------------
 
+    def trace_connection(self) -> None:
+        """Start the connect span (a child of the current one: the worker's open span); a
+        no-op when tracing is off."""
+        self.connect_span = tracing.start_span(
+            "sfu.session.connect",
+            attributes={
+                "sfu.session.kind": self.kind,
+                "sfu.session.id_prefix": tracing.short_id(self.id),
+                "sfu.room": self.room.name,
+            },
+        )
+
     def _watch_connection(self) -> None:
         loop = asyncio.get_running_loop()
         self._deadline = loop.call_later(self.settings.connect_timeout, self._connect_deadline)
+        if self.connect_span.recording:
+            self._trace_ice()
 
         @self.pc.on("connectionstatechange")
         def on_change() -> None:
@@ -100,6 +120,8 @@ class Session:
                     self._deadline = None
                 self.on_connected()
                 self.room.session_connected(self)
+                if self.connect_span.recording:
+                    self._traced_connected()
             elif state in ("failed", "closed") and not self.closed:
                 asyncio.ensure_future(self.close(f"connection {state}"))
 
@@ -112,6 +134,33 @@ class Session:
     def on_connected(self) -> None:
         """Subclasses start forwarding here."""
 
+    def _trace_ice(self) -> None:
+        ice_connected = False
+
+        @self.pc.on("iceconnectionstatechange")
+        def on_ice_change() -> None:
+            nonlocal ice_connected
+            if self.pc.iceConnectionState in ("connected", "completed") and not ice_connected:
+                ice_connected = True
+                self.connect_span.event("ice.connected")
+
+    def _traced_connected(self) -> None:
+        """Connected (aiortc: ICE and DTLS both): end the connect span, and time the first
+        packet from here with a hook that runs once and then takes itself out of the path."""
+        connect = self.connect_span
+        connect.event("dtls.connected")
+        self.first_packet_span = tracing.start_span("sfu.session.first_packet", parent=connect)
+        connect.end()
+        self.hook_first_packet(self._first_packet)
+
+    def _first_packet(self) -> None:
+        self.first_packet_span.event("first_packet")
+        self.first_packet_span.end()
+
+    def hook_first_packet(self, seen: Callable[[], None]) -> None:
+        """Subclasses call `seen` once, at the first packet forwarded (tracing on only), and
+        leave no per-packet cost behind."""
+
     def count_drop(self, reason: str) -> None:
         self.stats.dropped += 1
 
@@ -119,6 +168,7 @@ class Session:
         """Close on the user's request or on its own; its room forgets it and is told once."""
         if self.closed:
             return
+        self._trace_close(reason)
         try:
             await self.abort()
         finally:
@@ -128,10 +178,17 @@ class Session:
         """Its room is closing (and forgets every session itself): close, and report it."""
         if self.closed:
             return
+        self._trace_close(reason)
         try:
             await self.abort()
         finally:
             self.room.report_closed(self, reason)
+
+    def _trace_close(self, reason: str) -> None:
+        """A session closed before it connected, or before its first packet: say why (our
+        own words, never the client's) on the span still open."""
+        for span in (self.connect_span, self.first_packet_span):
+            span.set("sfu.close_reason", reason)
 
     async def abort(self) -> None:
         """Close without reporting: for a session whose opening failed.
@@ -145,6 +202,10 @@ class Session:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        if self.connect_span.recording:
+            self.connect_span.fail("not_connected")
+        self.connect_span.end()
+        self.first_packet_span.end()  # no packet came: the span has no first_packet event
         try:
             self.detach()
         except Exception:

@@ -173,6 +173,16 @@ class PublisherSession(Session):
             return
         route[0].receive(packet, route[1])
 
+    def hook_first_packet(self, seen: Callable[[], None]) -> None:
+        """The ingress hook takes a one-shot handler that puts the plain one back."""
+
+        def first(data: bytes) -> None:
+            adapter.hook_ingress(self.pc, self._on_rtp, self.count_drop)
+            seen()
+            self._on_rtp(data)
+
+        adapter.hook_ingress(self.pc, first, self.count_drop)
+
     def on_connected(self) -> None:
         if self.transport_cc is not None:
             self.transport_cc.start()

@@ -170,6 +170,25 @@ class SubscriberSession(Session):
             self.outputs[forwarder.kind] = (forwarder, output)
         self._pending.clear()
 
+    def hook_first_packet(self, seen: Callable[[], None]) -> None:
+        """Each output's send takes a one-shot wrapper; the first packet sent to this viewer
+        puts every output's own send back."""
+        outputs = [output for _forwarder, output in self.outputs.values()]
+        sends = [output.send for output in outputs]
+
+        def restore() -> None:
+            for output, send in zip(outputs, sends, strict=True):
+                output.send = send
+            seen()
+
+        for output, send in zip(outputs, sends, strict=True):
+
+            def first(packet: bytes, _send: Callable[[bytes], None] = send) -> None:
+                restore()
+                _send(packet)
+
+            output.send = first
+
     def detach(self) -> None:
         for forwarder, output in self.outputs.values():
             forwarder.detach(output)
