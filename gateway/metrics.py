@@ -343,7 +343,7 @@ def _worker_gauges(directory: SessionDirectory, totals: TrafficTotals) -> Iterab
     yield responsive
 
 
-# live_session_setup_seconds and live_session_connect_seconds: 5 ms to 10 s, then +Inf.
+# live_session_{setup,connect,first_packet}_seconds: 5 ms to 10 s, then +Inf.
 SESSION_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STATUS_CLASSES: tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx")
 # Not counted in live_http_responses_total: probes and scrapes would drown the API's answers
@@ -385,9 +385,18 @@ class GatewayCounters:
             buckets=SESSION_SECONDS_BUCKETS,
             registry=registry,
         )
+        self.session_first_packet = Histogram(
+            "live_session_first_packet_seconds",
+            "WHIP/WHEP session reserved to its first RTP packet (a viewer: the first one its "
+            "worker sent it; a publisher: the first one received), by session kind",
+            ["kind"],
+            buckets=SESSION_SECONDS_BUCKETS,
+            registry=registry,
+        )
         for kind in ("publisher", "subscriber"):
             self.session_setup.labels(kind)
             self.session_connect.labels(kind)
+            self.session_first_packet.labels(kind)
         self.draining = Gauge(
             "live_draining",
             "1 while the gateway is draining (stopping: new sessions refused), else 0",
@@ -416,6 +425,11 @@ class GatewayCounters:
         """Registry.on_connected: the worker reported `session` connected (once per session)."""
         elapsed = time.monotonic() - session.created
         self.session_connect.labels(session.kind).observe(max(elapsed, 0.0))
+
+    def observe_first_packet(self, session: SessionEntry) -> None:
+        """Registry.on_first_packet: the worker forwarded `session`'s first packet."""
+        elapsed = time.monotonic() - session.created
+        self.session_first_packet.labels(session.kind).observe(max(elapsed, 0.0))
 
     def middleware(self) -> Middleware:
         """Counts the app's answers by status class, except UNCOUNTED_PATHS; the outermost

@@ -14,12 +14,13 @@ import msgspec
 # 2: OpenSession replaced OpenPublisher/OpenSubscriber; Failure codes, session and publisher
 # states are closed sets (an unknown one does not decode).
 # 3: the shared-memory plane: OpenSession.home, FollowRoom, the plane counters of Heartbeat.
-# 4: OpenSession.trace (W3C trace context; a worker of 3 could not decode it), SetLogLevel.
+# 4: OpenSession.trace (W3C trace context; a worker of 3 could not decode it), SetLogLevel,
+# the "first_packet" session state.
 PROTOCOL_VERSION = 4
 
 SessionKind = Literal["publisher", "subscriber"]
 # A session's changes of state that its worker reports on its own.
-SessionStateName = Literal["connected", "closed"]
+SessionStateName = Literal["connected", "first_packet", "closed"]
 PublisherState = Literal["none", "connecting", "connected"]
 # Why a request was refused or failed; gateway/http/errors.py maps each to an HTTP status.
 FailureCode = Literal[
@@ -200,7 +201,9 @@ class Failure(_Msg, tag="failure"):
 
 
 class SessionState(_Msg, tag="session_state"):
-    """A session changed state on its own (connected, failed, reaped, closed)."""
+    """A session changed state on its own: connected (ICE and DTLS up), first_packet (the
+    first RTP packet forwarded to or received from it, once), closed (failed, reaped,
+    deleted)."""
 
     session_id: str
     room: str

@@ -33,6 +33,8 @@ class RoomEvents(Protocol):
 
     def session_connected(self, session: Session) -> None: ...
 
+    def session_first_packet(self, session: Session) -> None: ...
+
     def session_closed(self, session: Session, reason: str) -> None: ...
 
     def room_closed(self, room: Room) -> None: ...
@@ -44,6 +46,9 @@ class Unobserved:
     """The events of a room that no worker watches (tests and tools build such rooms)."""
 
     def session_connected(self, session: Session) -> None:
+        pass
+
+    def session_first_packet(self, session: Session) -> None:
         pass
 
     def session_closed(self, session: Session, reason: str) -> None:
@@ -115,6 +120,9 @@ class Room:
 
     def session_connected(self, session: Session) -> None:
         self._events.session_connected(session)
+
+    def session_first_packet(self, session: Session) -> None:
+        self._events.session_first_packet(session)
 
     def session_closed(self, session: Session, reason: str) -> None:
         """A session closed by its user or by itself."""

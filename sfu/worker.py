@@ -362,6 +362,9 @@ class Worker:
             self.recorder.publisher_connected(session.room, track_ids)
         self._notify(m.SessionState(session.id, session.room.name, "connected"))
 
+    def session_first_packet(self, session: Session) -> None:
+        self._notify(m.SessionState(session.id, session.room.name, "first_packet"))
+
     def session_closed(self, session: Session, reason: str) -> None:
         if isinstance(session, PublisherSession):
             self.recorder.publisher_gone(session.room.name)

@@ -58,6 +58,7 @@ def make_app(config: GatewayConfig, registry: Registry) -> web.Application:
     registry.on_heartbeat = totals.observe
     counters = app[COUNTERS_KEY]
     registry.on_connected = counters.observe_connected
+    registry.on_first_packet = counters.observe_first_packet
     counters.draining.set_function(lambda: float(drain.draining))
     # Outermost, so that it counts the answers of the other middlewares too.
     app.middlewares.insert(0, counters.middleware())

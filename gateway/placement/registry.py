@@ -96,6 +96,8 @@ class Registry:
         self.on_heartbeat: Callable[[WorkerInfo, Heartbeat], None] = _ignore_heartbeat
         # ...and each session's first "connected" report (live_session_connect_seconds).
         self.on_connected: Callable[[SessionEntry], None] = _ignore_session
+        # ...and its first packet (live_session_first_packet_seconds), once per session.
+        self.on_first_packet: Callable[[SessionEntry], None] = _ignore_session
         # Sessions deleted while their worker was unresponsive: closed when it is back.
         self._deferred_closes: dict[str, set[str]] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -220,6 +222,8 @@ class Registry:
             self.directory.mark_connected(body.session_id)
             if first:
                 self.on_connected(session)
+        elif body.state == "first_packet":
+            self.on_first_packet(session)
 
     # --- death ----------------------------------------------------------------------------
 

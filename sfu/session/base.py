@@ -122,6 +122,7 @@ class Session:
                 self.room.session_connected(self)
                 if self.connect_span.recording:
                     self._traced_connected()
+                self.hook_first_packet(self._first_packet)
             elif state in ("failed", "closed") and not self.closed:
                 asyncio.ensure_future(self.close(f"connection {state}"))
 
@@ -145,21 +146,23 @@ class Session:
                 self.connect_span.event("ice.connected")
 
     def _traced_connected(self) -> None:
-        """Connected (aiortc: ICE and DTLS both): end the connect span, and time the first
-        packet from here with a hook that runs once and then takes itself out of the path."""
+        """Connected (aiortc: ICE and DTLS both): end the connect span, and start the one
+        that ends at the first packet."""
         connect = self.connect_span
         connect.event("dtls.connected")
         self.first_packet_span = tracing.start_span("sfu.session.first_packet", parent=connect)
         connect.end()
-        self.hook_first_packet(self._first_packet)
 
     def _first_packet(self) -> None:
         self.first_packet_span.event("first_packet")
         self.first_packet_span.end()
+        if not self.closed:
+            self.room.session_first_packet(self)  # the gateway's time-to-first-packet
 
     def hook_first_packet(self, seen: Callable[[], None]) -> None:
-        """Subclasses call `seen` once, at the first packet forwarded (tracing on only), and
-        leave no per-packet cost behind."""
+        """Subclasses call `seen` once, at the first packet forwarded to (or received from)
+        the session after it connected, with a hook that runs once and then takes itself out
+        of the path: no per-packet cost is left behind."""
 
     def count_drop(self, reason: str) -> None:
         self.stats.dropped += 1

@@ -7,7 +7,8 @@
 * a gateway with one worker carries a WHIP publisher and WHEP viewers, and every metric name
   that a dashboard panel or an alert rule reads must be in its /metrics;
 * live_session_setup_seconds counts one observation per 201 and kind, nothing for a refused
-  POST; live_session_connect_seconds one per session the worker reported connected;
+  POST; live_session_connect_seconds one per session the worker reported connected, and
+  live_session_first_packet_seconds one per session at its first packet;
 * in process (make_app): live_draining follows the drain, and live_http_responses_total
   counts the API's answers by class, not the /readyz probes.
 """
@@ -248,7 +249,12 @@ def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrapes]:
             assert post_status(endpoint, b"v=0\r\n", "text/plain") == 415
             viewer_of_nothing = gateway.url + "/api/whep/play/no-such-room"
             assert post_status(viewer_of_nothing, b"v=0\r\n", "application/sdp") >= 400
-            two_viewers = scrape_until(gateway, lambda s: s.get(connected, 0) >= 2, "connected")
+            first_packets = ("live_session_first_packet_seconds_count", (("kind", "subscriber"),))
+            two_viewers = scrape_until(
+                gateway,
+                lambda s: s.get(connected, 0) >= 2 and s.get(first_packets, 0) >= 2,
+                "connected, first packet",
+            )
             assert publisher.result(timeout=60)["ok"]
         finally:
             publisher.kill()
@@ -305,7 +311,12 @@ def test_session_setup_and_connect_histograms_count_each_session(scrapes: Scrape
     assert value(two, setup + "_count", kind="subscriber") == 2
     assert value(two, connect + "_count", kind="publisher") == 1
     assert value(two, connect + "_count", kind="subscriber") == 2
-    for name in (setup, connect):
+    # The first packet: sent to each viewer, received from the publisher; once per session.
+    first_packet = "live_session_first_packet_seconds"
+    assert value(scrapes.before, first_packet + "_count", kind="subscriber") == 0
+    assert value(two, first_packet + "_count", kind="publisher") == 1
+    assert value(two, first_packet + "_count", kind="subscriber") == 2
+    for name in (setup, connect, first_packet):
         for kind in ("publisher", "subscriber"):
             total = value(two, name + "_sum", kind=kind)
             count = value(two, name + "_count", kind=kind)

@@ -67,7 +67,10 @@ async def _view(
 
 
 def _state(worker: WorkerHarness, session: str) -> str | None:
+    """The session's last connection state (connected or closed): the worker's first_packet
+    report, which follows connected, is an event, not a state."""
     states = [s.state for s in worker.states if s.session_id == session]
+    states = [state for state in states if state != "first_packet"]
     return states[-1] if states else None
 
 

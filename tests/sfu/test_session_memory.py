@@ -94,6 +94,9 @@ class Rooms:
     def codecs_changed(self, room: Room) -> None:
         pass
 
+    def session_first_packet(self, session: Session) -> None:
+        pass
+
     def alive(self) -> list[str]:
         gc.collect()
         return [type(obj).__name__ for ref in self.made if (obj := ref()) is not None]
