@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from common import tracing
 from gateway.config import GatewayConfig
-from gateway.http import control, whip_whep
+from gateway.http import control, whep_events, whip_whep
 from gateway.http.auth import AUTH_KEY, Authenticator
 from gateway.http.cors import ORIGINS_KEY, AllowedOrigins, cors_middleware
 from gateway.http.drain import DRAIN_KEY, Drain, drain_middleware
@@ -75,6 +75,8 @@ def make_app(config: GatewayConfig, registry: Registry) -> web.Application:
     api = whip_whep.Api(config, registry, drain)
     app[whip_whep.API_KEY] = api
     whip_whep.add_routes(app, api)
+    hub = app[whep_events.EVENTS_KEY] = whep_events.EventHub(registry.directory, drain)
+    whep_events.add_routes(app, hub)
     control_api = app[CONTROL_KEY] = control.ControlApi(config, registry, totals)
     control.add_routes(app, control_api)
     setup_recordings(app, config)

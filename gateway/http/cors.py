@@ -49,13 +49,15 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
     try:
         response = await handler(request)
     except web.HTTPException as exc:  # only non-errors get here; errors are already JSON
-        _add_cors(request, exc.headers)
+        add_cors(request, exc.headers)
         raise
-    _add_cors(request, response.headers)
+    if not response.prepared:  # a stream (WHEP events) added its own before it started
+        add_cors(request, response.headers)
     return response
 
 
-def _add_cors(request: web.Request, headers: CIMultiDict[str]) -> None:
+def add_cors(request: web.Request, headers: CIMultiDict[str]) -> None:
+    """The CORS headers of an /api/ answer, into `headers`."""
     origin = allowed_origin(request)
     if origin != "*":
         headers.add("Vary", "Origin")  # the answer depends on Origin: caches must know

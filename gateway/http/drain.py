@@ -4,6 +4,7 @@ a size limit and a deadline."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from aiohttp import HttpVersion10, web
 
@@ -32,14 +33,28 @@ class Drain:
         self._idle = asyncio.Event()
         self._idle.set()
         self._body_reads: set[asyncio.Timeout] = set()
+        # Called once each: at `start` (WHEP events send `reconnect`) and at `close` (they end
+        # their streams, which would otherwise count as requests in flight).
+        self.on_start: list[Callable[[], None]] = []
+        self.on_close: list[Callable[[], None]] = []
 
     def start(self) -> None:
+        first = not self.draining
         self.draining = True
+        if first:
+            for callback in self.on_start:
+                callback()
 
     def close(self) -> None:
+        if not self.draining:
+            self.start()
+        first = not self.closing
         self.draining = self.closing = True
         for timeout in self._body_reads:
             self._shorten(timeout)
+        if first:
+            for callback in self.on_close:
+                callback()
 
     async def wait_idle(self, timeout: float) -> bool:
         """True once no request is in flight; False if `timeout` passed first."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.http.whep_events import OFFERED_EVENTS
 from gateway.settings import ROOM_NAME_PATTERN
 
 Obj = dict[str, Any]
@@ -33,13 +34,14 @@ ERRORS: dict[int, str] = {
     404: "No such session, room, publisher or recording",
     405: "Method not allowed on this path (no operation answers it: see each path's methods)",
     408: "Request body not received in time",
-    409: "The room already has a publisher",
+    409: "The room already has a publisher, or the event stream is already being read",
     412: "If-Match does not match the session's ETag",
     413: "Request body larger than MAX_BODY_BYTES",
     415: "Wrong Content-Type",
     422: "ICE restart requested (not supported: start a new session)",
     428: "PATCH without If-Match",
-    429: "Rate limited (with Retry-After) or too many sessions from this address",
+    429: "Rate limited (with Retry-After), too many sessions from this address, or too many "
+    "event streams on a WHEP session",
     503: "Temporarily unable: shutting down, no or busy media worker, worker timeout",
 }
 
@@ -118,6 +120,10 @@ ADMIN_SECURITY: list[Obj] = [{"bearerAuth": []}, {"tokenHeader": []}]
 # Rooms are open unless AUTH_TOKEN, ROOM_TOKENS or JWT_SECRET say otherwise.
 ROOM_SECURITY: list[Obj] = [{}, *ADMIN_SECURITY]
 LINK = _header('RFC 9725 ICE servers, `<url>; rel="ice-server"`, one per STUN/TURN URL')
+WHEP_LINK = _header(
+    'As LINK, plus on WHEP `<{session}/events>; rel="urn:ietf:params:whep:ext:core:'
+    'server-sent-events"; events="active,inactive,viewercount,reconnect"`'
+)
 ACCEPT_POST = {"Accept-Post": _header("application/sdp", required=True)}
 ACCEPT_PATCH = {"Accept-Patch": _header(SDPFRAG, required=True)}
 
@@ -263,7 +269,7 @@ def _endpoint(kind: str, protocol: str, tag: str) -> Obj:
         {
             "Location": _header("The session URL", required=True, pattern=f"^{session_prefix}"),
             "ETag": _header("Strong ETag of the session (for If-Match)", required=True),
-            "Link": LINK,
+            "Link": WHEP_LINK if kind == "subscriber" else LINK,
         },
     )
     created["content"] = {SDP: {"schema": _string()}}
@@ -335,6 +341,75 @@ def _session(protocol: str, tag: str) -> Obj:
     }
 
 
+def _events() -> Obj:
+    """The WHEP server-sent events extension: the per-session events URL."""
+    event_list = {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "string", "enum": list(OFFERED_EVENTS)},
+    }
+    common = {"tags": ["whep"], "parameters": [SESSION_PARAM]}
+    stream = {
+        "description": "A text/event-stream of `event: <name>` + one `data: <json>` line",
+        "content": {"text/event-stream": {"schema": _string()}},
+    }
+    accept_json = {"Accept-Post": _header(JSON, required=True)}
+    return {
+        "post": _op(
+            "WHEP events: ask for a JSON array of events, get the stream's Location",
+            {
+                "201": _empty(
+                    "Event stream created",
+                    {"Location": _header("The event stream URL", required=True)},
+                ),
+                **_errors(400, 404, 408, 413, 415, 429),
+            },
+            requestBody={"required": True, "content": {JSON: {"schema": event_list}}},
+            **common,
+        ),
+        "get": _op(
+            "WHEP events: every offered event at once, without the POST (Broadcast Box style)",
+            {"200": stream, **_errors(404, 429)},
+            **common,
+        ),
+        "head": _op(
+            "WHEP events: the URL exists",
+            {
+                "200": {"description": "Exists", "content": {"text/event-stream": {}}},
+                **_errors(404),
+            },
+            **common,
+        ),
+        "options": _op(
+            "WHEP events: Accept-Post", {"204": _empty("No content", accept_json)}, **common
+        ),
+    }
+
+
+def _event_stream() -> Obj:
+    stream_param = _path_param("stream_id", _string(), "From the Location of the events POST")
+    common = {"tags": ["whep"], "parameters": [SESSION_PARAM, stream_param]}
+    stream = {
+        "description": "A text/event-stream of `event: <name>` + one `data: <json>` line",
+        "content": {"text/event-stream": {"schema": _string()}},
+    }
+    return {
+        "get": _op("WHEP events: read the stream", {"200": stream, **_errors(404, 409)}, **common),
+        "head": _op(
+            "WHEP events: the stream exists",
+            {
+                "200": {"description": "Exists", "content": {"text/event-stream": {}}},
+                **_errors(404),
+            },
+            **common,
+        ),
+        "delete": _op(
+            "WHEP events: end the stream", {"200": _empty("Ended"), **_errors(404)}, **common
+        ),
+        "options": _op("WHEP events: CORS preflight", {"204": _empty("No content")}, **common),
+    }
+
+
 def _preflight(tag: str, parameters: list[Obj] | None = None) -> Obj:
     extra: Obj = {"parameters": parameters} if parameters else {}
     return _op("CORS preflight", {"204": _empty("No content")}, tags=[tag], **extra)
@@ -401,6 +476,8 @@ def _paths() -> Obj:
         "/api/whip/session/{session_id}": _session("WHIP", "whip"),
         "/api/whep/play/{room}": _endpoint("subscriber", "WHEP", "whep"),
         "/api/whep/session/{session_id}": _session("WHEP", "whep"),
+        "/api/whep/session/{session_id}/events": _events(),
+        "/api/whep/session/{session_id}/events/{stream_id}": _event_stream(),
         "/api/rooms": {
             "get": _op(
                 "Every room, by name",

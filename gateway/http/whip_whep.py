@@ -18,6 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.config import GatewayConfig, IceConfig
+from gateway.http import whep_events
 from gateway.http.auth import AUTH_KEY, require_room
 from gateway.http.control import turn_credentials
 from gateway.http.drain import Drain, read_bounded_body
@@ -203,6 +204,8 @@ class Api:
         headers["ETag"] = etag
         for link in ice_server_links(self.config.ice, room):
             headers.add("Link", link)
+        if kind == "subscriber" and whep_events.EVENTS_KEY in request.app:
+            headers.add("Link", whep_events.link_header(session_id))
         # body= rather than text= keeps Content-Type exactly application/sdp (no charset).
         response = web.Response(
             status=201, body=answer.answer.encode(), content_type=SDP, headers=headers

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -151,6 +151,10 @@ class SessionDirectory(Protocol):
         ...
 
 
+def _ignore_room(_room: str) -> None:
+    return None
+
+
 class Directory:
     """The in-memory SessionDirectory of one gateway, plus the worker bookkeeping the
     registry does.
@@ -168,6 +172,9 @@ class Directory:
         self.sessions: dict[str, SessionEntry] = {}
         self.spread_rooms = spread_rooms
         self.spread_threshold = spread_threshold
+        # Called with the room's name after one of its sessions was reserved, connected or
+        # removed (the WHEP events extension watches rooms through it).
+        self.on_room_change: Callable[[str], None] = _ignore_room
 
     # --- workers ------------------------------------------------------------------------
 
@@ -368,6 +375,7 @@ class Directory:
 
     def _add_session(self, session: SessionEntry) -> SessionEntry:
         self.sessions[session.session_id] = session
+        self.on_room_change(session.room)
         return session
 
     def get_session(self, session_id: str) -> SessionEntry | None:
@@ -385,6 +393,7 @@ class Directory:
             entry.subscribers.discard(session_id)
             if entry.empty:
                 del self.rooms[session.room]
+        self.on_room_change(session.room)
         return session
 
     def mark_connected(self, session_id: str) -> bool:
@@ -392,6 +401,7 @@ class Directory:
         if session is None:
             return False
         session.connected = True
+        self.on_room_change(session.room)
         return True
 
     def sessions_of_worker(self, worker_id: str) -> Iterable[SessionEntry]:

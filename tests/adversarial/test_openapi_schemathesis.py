@@ -211,6 +211,7 @@ def _app_routes() -> set[tuple[str, str]]:
     """(METHOD, path) of every route of a real make_app (no process, no worker needed)."""
     from gateway.config import load_config
     from gateway.http.app import make_app
+    from gateway.http.whep_events import EVENTS_METHODS, STREAM_METHODS
     from gateway.http.whip_whep import ENDPOINT_METHODS, SESSION_METHODS
     from gateway.placement.directory import Directory
     from gateway.placement.registry import Registry
@@ -224,7 +225,13 @@ def _app_routes() -> set[tuple[str, str]]:
         if path in UNDOCUMENTED_ROUTES or path.startswith("/web/"):
             continue
         if route.method == "*":
-            methods = SESSION_METHODS if "/session/" in path else ENDPOINT_METHODS
+            methods: tuple[str, ...]
+            if path.endswith("/events"):
+                methods = EVENTS_METHODS
+            elif "/events/" in path:
+                methods = STREAM_METHODS
+            else:
+                methods = SESSION_METHODS if "/session/" in path else ENDPOINT_METHODS
             routes.update((method, path) for method in methods)
         else:
             routes.add((route.method, path))
