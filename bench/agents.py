@@ -87,36 +87,6 @@ def candidate_ports(sdp: str) -> list[int]:
     return sorted(set(ports))
 
 
-def udp_port_owners(pids: list[int]) -> dict[int, int]:
-    """{UDP port: pid} for every UDP socket that one of `pids` holds (from /proc/net/udp*
-    and /proc/<pid>/fd): which worker process answers on a port. Processes of this host only."""
-    inode_port: dict[str, int] = {}
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(table) as lines:
-                rows = lines.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            if len(fields) > 9:
-                inode_port[f"socket:[{fields[9]}]"] = int(fields[1].rsplit(":", 1)[1], 16)
-    owners: dict[int, int] = {}
-    for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                port = inode_port.get(os.readlink(f"/proc/{pid}/fd/{fd}"))
-            except OSError:
-                continue
-            if port is not None:
-                owners[port] = pid
-    return owners
-
-
 def _ms_since(start_ns: int, end_ns: int) -> float | None:
     return round((end_ns - start_ns) / 1e6, 3) if end_ns else None
 

@@ -57,11 +57,17 @@ import aiohttp
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from bench.agents import candidate_ports, udp_port_owners
+from bench.agents import candidate_ports
 from sfu import aiortc_adapter as adapter
 from testkit.client import delete_session, endpoint, new_pc, post_offer, wait_connected
 from testkit.media import KeyframeSchedule, PatternVideoTrack
-from testkit.processes import GatewayProcess, start_gateway, worker_id_of, worker_pids
+from testkit.processes import (
+    GatewayProcess,
+    start_gateway,
+    udp_port_owners,
+    worker_id_of,
+    worker_pids,
+)
 
 CONNECT_TIMEOUT = 20.0
 FIRST_FRAME_TIMEOUT = 20.0

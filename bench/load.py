@@ -38,7 +38,6 @@ from bench.agents import (
     cpu_seconds,
     publisher_agent_main,
     rss_bytes,
-    udp_port_owners,
     viewer_agent_main,
 )
 from bench.baselines import DEFAULT_SRTP_PROFILE, bare_fanout_main, sink_main
@@ -49,6 +48,7 @@ from testkit.processes import (
     GatewayProcess,
     pick_free_port,
     start_gateway,
+    udp_port_owners,
     worker_id_of,
     worker_pids,
 )

@@ -4,7 +4,7 @@
   (so that `stop()` can signal its whole process group), with its output in a log file, and
   waits for /readyz or /healthz if asked;
 * `RemoteWorker` is a `python -m sfu` started by hand against a gateway, as on another host;
-* `worker_pids()`, `udp_port_owner()`, `process_gone()` and `worker_id_of()` read /proc to
+* `worker_pids()`, `udp_port_owner(s)()`, `process_gone()` and `worker_id_of()` read /proc to
   see which process holds what;
 * `run_gateway_cli()` runs the gateway to completion (configuration errors, --help).
 
@@ -23,7 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -335,9 +335,10 @@ def worker_id_of(pid: int) -> str:
     return argv[argv.index("--worker-id") + 1]
 
 
-def udp_port_owner(port: int, pids: set[int]) -> int | None:
-    """Which of `pids` holds the UDP socket bound to `port` (via /proc/net/udp inodes)."""
-    inodes = set()
+def udp_port_owners(pids: Iterable[int]) -> dict[int, int]:
+    """{UDP port: pid} for every UDP socket that one of `pids` holds (from /proc/net/udp*
+    and /proc/<pid>/fd): which worker process answers on a port. Processes of this host only."""
+    inode_port: dict[str, int] = {}
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             with open(table) as lines:
@@ -346,8 +347,9 @@ def udp_port_owner(port: int, pids: set[int]) -> int | None:
             continue
         for row in rows:
             fields = row.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(f"socket:[{fields[9]}]")
+            if len(fields) > 9:
+                inode_port[f"socket:[{fields[9]}]"] = int(fields[1].rsplit(":", 1)[1], 16)
+    owners: dict[int, int] = {}
     for pid in pids:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
@@ -355,8 +357,14 @@ def udp_port_owner(port: int, pids: set[int]) -> int | None:
             continue
         for fd in fds:
             try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                    return pid
+                port = inode_port.get(os.readlink(f"/proc/{pid}/fd/{fd}"))
             except OSError:
                 continue
-    return None
+            if port is not None:
+                owners[port] = pid
+    return owners
+
+
+def udp_port_owner(port: int, pids: set[int]) -> int | None:
+    """Which of `pids` holds the UDP socket bound to `port`."""
+    return udp_port_owners(pids).get(port)

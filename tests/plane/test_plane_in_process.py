@@ -17,13 +17,12 @@ import pytest
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from sfu.aiortc_adapter import SenderState
 from sfu.codecs import CodecKey
 from sfu.media import ForwardingStats, Output, TrackForwarder
-from sfu.media.fanout import header_template
 from sfu.plane import FollowRefused, PlaneEdge, PlaneHome
 from sfu.room import Room
 from sfu.session import SessionSettings
+from tests.support.outputs import list_output
 
 VP8 = CodecKey("video/vp8", 90000, "")
 VP8_PARAMETERS = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
@@ -65,17 +64,7 @@ class Plane:
 
 
 def viewer(sent: list[bytes], stats: ForwardingStats) -> Output:
-    return Output(
-        send=sent.append,
-        report=SenderState(),
-        codec=VP8,
-        ssrc=0xABCDEF01,
-        payload_type=100,
-        rtx_ssrc=0x12345678,
-        rtx_payload_type=None,
-        header=header_template(4, "0"),
-        stats=stats,
-    )
+    return list_output(sent, stats)
 
 
 def home_room(name: str, requests: list[float]) -> Room:

@@ -12,6 +12,7 @@ from sfu.codecs import CodecKey
 from sfu.media.fanout import AUDIO_LEVEL_SLOT, Fanout, Output, header_template
 from sfu.media.stats import ForwardingStats
 from tests.sfu.media import extensions_map
+from tests.support.outputs import list_output
 
 VP8 = CodecKey("video/vp8", 90000, "")
 OPUS = CodecKey("audio/opus", 48000, "")
@@ -20,17 +21,7 @@ OPUS = CodecKey("audio/opus", 48000, "")
 def _output(
     sent: list[bytes], stats: ForwardingStats | None = None, *, rtx_pt: int | None = None
 ) -> Output:
-    output = Output(
-        send=sent.append,
-        report=SenderState(),
-        codec=VP8,
-        ssrc=0xABCDEF01,
-        payload_type=120,
-        rtx_ssrc=0x12345678,
-        rtx_payload_type=rtx_pt,
-        header=header_template(4, "0"),
-        stats=stats or ForwardingStats(),
-    )
+    output = list_output(sent, stats, rtx_pt=rtx_pt)
     output.last_seq = 999  # instead of a random start: fixed bytes
     output.rtx_seq = 7
     return output

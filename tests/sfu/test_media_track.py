@@ -22,6 +22,7 @@ from sfu.media.instant_start import CATCH_UP_PAUSE, KEYFRAME_WAIT_LIMIT
 from sfu.media.keyframes import KEYFRAME_REQUEST_INTERVAL
 from sfu.media.source import SOURCE_SWITCH_SILENCE
 from sfu.rtp import AUDIO_LEVEL_URI, MID_URI
+from tests.support.outputs import list_output
 
 VP8 = CodecKey("video/vp8", 90000, "")
 OPUS = CodecKey("audio/opus", 48000, "")
@@ -36,17 +37,7 @@ def _rtp(
 
 
 def _output(sent: list[bytes], stats: ForwardingStats, *, rtx_pt: int | None = None) -> Output:
-    return Output(
-        send=sent.append,
-        report=SenderState(),
-        codec=VP8,
-        ssrc=0xABCDEF01,
-        payload_type=120,
-        rtx_ssrc=0x12345678,
-        rtx_payload_type=rtx_pt,
-        header=header_template(4, "0"),
-        stats=stats,
-    )
+    return list_output(sent, stats, rtx_pt=rtx_pt)
 
 
 class _Track:
