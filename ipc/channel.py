@@ -100,9 +100,16 @@ class Channel:
         request_id = self._next_id
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = (peer, future)
+        frame = Frame(PROTOCOL_VERSION, REQUEST, request_id, body)
+
+        async def exchange() -> Message:
+            # The send is inside the timeout too: a DEALER with no connected peer (a gateway
+            # that is not there) waits in send until one connects, which may be never.
+            await self._send(peer, frame)
+            return await asyncio.shield(future)
+
         try:
-            await self._send(peer, Frame(PROTOCOL_VERSION, REQUEST, request_id, body))
-            answer = await asyncio.wait_for(asyncio.shield(future), timeout)
+            answer = await asyncio.wait_for(exchange(), timeout)
         except TimeoutError:
             raise RequestTimeout(
                 f"no answer to {type(body).__name__} within {timeout:g} s"

@@ -22,6 +22,8 @@ from ipc.channel import (
     router_channel,
 )
 
+REPO = Path(__file__).resolve().parents[2]
+
 # What the worker notifies right after each answer: several, to check their own order too.
 STATES: tuple[m.SessionStateName, ...] = ("connected", "closed", "connected")
 
@@ -141,6 +143,36 @@ async def test_request_times_out_when_nobody_answers(endpoint: str) -> None:
         await router.request(m.CloseRoom("r"), peer=b"w1", timeout=0.2)
     await dealer.close()
     await router.close()
+
+
+async def test_request_to_a_gateway_that_is_not_there_times_out(endpoint: str) -> None:
+    """A DEALER with no connected peer waits in send: the timeout must cover it, or a worker
+    whose gateway is gone never gives up (nor hears SIGTERM's stop between tries)."""
+    dealer = dealer_channel(endpoint, b"w1")  # nothing listens on the endpoint
+    dealer.start()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(RequestTimeout):
+        await dealer.request(m.CloseRoom("r"), timeout=0.3)
+    assert loop.time() - started < 2.0
+    await dealer.close()
+
+
+async def test_worker_without_a_gateway_exits_after_gateway_timeout(tmp_path: Path) -> None:
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sfu", "--connect", f"ipc://{tmp_path}/nobody.sock",
+        "--gateway-timeout", "1", "--bind-addresses", "127.0.0.1",
+        cwd=REPO,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _, stderr = await asyncio.wait_for(worker.communicate(), 20)
+    except TimeoutError:
+        worker.kill()
+        await worker.wait()
+        pytest.fail("a worker without a gateway did not exit after GATEWAY_TIMEOUT")
+    assert worker.returncode == 1, stderr.decode()[-2000:]
+    assert b"no gateway at" in stderr
 
 
 async def test_unknown_peer_is_reported_at_once(endpoint: str) -> None:
