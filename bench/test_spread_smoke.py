@@ -21,6 +21,7 @@ from ipc.shm.ring import DEFAULT_SLOTS, DEFAULT_STRIDE, ring_size
 from testkit.processes import REPO
 
 
+@pytest.mark.slow  # the spread path itself is tested in tests/plane; this is the report's
 def test_spread_with_two_viewers_reports_every_figure(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "bench.load", "spread", "--viewers", "2", "--seconds", "1"]
     command += ["--settle", "1", "--viewer-processes", "1", "--out", str(tmp_path)]

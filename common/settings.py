@@ -229,6 +229,14 @@ def parse_port_range(raw: str) -> tuple[int, int] | None:
     return (low, high)
 
 
+def parse_optional_port(raw: str) -> int | None:
+    """'8189' -> 8189; '' -> None (off)."""
+    stripped = raw.strip()
+    if not stripped:
+        return None
+    return parse_int_range(1, 65535)(stripped)
+
+
 def format_port_range(ports: tuple[int, int] | None) -> str:
     return "" if ports is None else f"{ports[0]}-{ports[1]}"
 

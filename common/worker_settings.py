@@ -9,9 +9,10 @@ its supervisor writes each local worker's command line with `to_argv`, the inver
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from common import reach
 from common.logformat import parse_log_format
 from common.settings import (
     Setting,
@@ -23,10 +24,11 @@ from common.settings import (
     format_port_range,
     load,
     parse_bool,
+    parse_csv,
     parse_int_range,
     parse_ip_list,
     parse_log_level,
-    parse_optional_ip,
+    parse_optional_port,
     parse_port_range,
     parse_positive_float,
     text,
@@ -34,6 +36,12 @@ from common.settings import (
 
 PROG = "sfu-worker"
 DESCRIPTION = "live-sfu media worker"
+
+
+UDP_MUX_CONFLICT = (
+    "UDP_MUX_PORT and UDP_PORTS are both set: UDP_MUX_PORT puts every session on one port, "
+    "UDP_PORTS gives each its own; set only one"
+)
 
 
 def parse_optional_pid(raw: str) -> int | None:
@@ -75,9 +83,44 @@ PUBLIC_IP = Setting(
     "public_ip",
     "PUBLIC_IP",
     "",
-    "IP to announce in candidates (1:1 NAT)",
-    parse_optional_ip,
+    "comma-separated public IPv4/IPv6 addresses or host names (resolved once, at start) to "
+    "announce before the host addresses of the same family (1:1 NAT)",
+    reach.parse_public_ips,
+    format=format_csv,
+)
+UDP_MUX_PORT = Setting(
+    "udp_mux_port",
+    "UDP_MUX_PORT",
+    "",
+    "one UDP port for every session of this worker (empty: a socket per session, see "
+    "UDP_PORTS)",
+    parse_optional_port,
     format=format_optional,
+)
+TCP_MUX_PORT = Setting(
+    "tcp_mux_port",
+    "TCP_MUX_PORT",
+    "",
+    "one TCP port for ICE-TCP (passive) for every session of this worker (empty: no ICE-TCP)",
+    parse_optional_port,
+    format=format_optional,
+)
+BIND_INTERFACES = Setting(
+    "bind_interfaces",
+    "BIND_INTERFACES",
+    "",
+    "comma-separated interface names to gather on (default: every interface but container "
+    "bridges; link-local addresses never; BIND_ADDRESSES wins)",
+    parse_csv,
+    format=format_csv,
+)
+STUN_DISCOVER = Setting(
+    "stun_discover",
+    "STUN_DISCOVER",
+    "",
+    "stun:HOST:PORT asked once at start for this host's public address: announced when "
+    "PUBLIC_IP has none of its family, a warning when PUBLIC_IP differs",
+    reach.parse_stun_discover,
 )
 SESSION_CONNECT_TIMEOUT = Setting(
     "session_connect_timeout",
@@ -121,6 +164,26 @@ TRANSPORT_CC = Setting(
     parse_bool,
     format=format_bool,
 )
+# CERT_ROTATE: sfu/aiortc_adapter/certificates.py (aiortc's certificates last 30 days).
+MAX_CERT_ROTATE_S = 14 * 86400.0
+
+
+def parse_cert_rotate(raw: str) -> float:
+    value = parse_positive_float(raw)
+    if not 1.0 <= value <= MAX_CERT_ROTATE_S:
+        raise ValueError(f"must be between 1 and {MAX_CERT_ROTATE_S:g} seconds (14 days)")
+    return value
+
+
+CERT_ROTATE = Setting(
+    "cert_rotate",
+    "CERT_ROTATE",
+    "86400",
+    "seconds between new DTLS certificates: every session a worker opens presents the "
+    "worker's current one (sessions keep theirs), instead of a new one per session",
+    parse_cert_rotate,
+    format=format_float,
+)
 GATEWAY_TIMEOUT = Setting(
     "gateway_timeout",
     "GATEWAY_TIMEOUT",
@@ -162,14 +225,19 @@ SETTINGS: tuple[Setting[Any], ...] = (
     WORKER_ID,
     WORKER_TOKEN,
     UDP_PORTS,
+    UDP_MUX_PORT,
+    TCP_MUX_PORT,
     BIND_ADDRESSES,
+    BIND_INTERFACES,
     PUBLIC_IP,
+    STUN_DISCOVER,
     SESSION_CONNECT_TIMEOUT,
     INSTANT_START,
     INSTANT_START_MAX_BYTES,
     RECORD_ENABLED,
     RECORD_DIR,
     TRANSPORT_CC,
+    CERT_ROTATE,
     GATEWAY_TIMEOUT,
     PARENT_PID,
     PLANE,
@@ -178,7 +246,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WorkerSettings:
     """Every worker setting, parsed; one field per Setting above, of the same name."""
 
@@ -186,14 +254,19 @@ class WorkerSettings:
     worker_id: str
     worker_token: str
     udp_ports: tuple[int, int] | None
+    udp_mux_port: int | None = None
+    tcp_mux_port: int | None = None
     bind_addresses: list[str]
-    public_ip: str | None
+    bind_interfaces: list[str] = field(default_factory=list)
+    public_ip: list[str]  # addresses: PUBLIC_IP's names are resolved when it is parsed
+    stun_discover: str = ""
     session_connect_timeout: float
     instant_start: bool
     instant_start_max_bytes: int
     record_enabled: bool
     record_dir: str
     transport_cc: bool
+    cert_rotate: float = 86400.0
     gateway_timeout: float
     parent_pid: int | None
     plane: str
@@ -211,6 +284,13 @@ def load_worker_settings(
         die(PROG, "--connect (SFU_CONNECT) is required, e.g. ipc:///run/sfu/gateway.sock")
     if not connect.startswith(("ipc://", "tcp://")):
         die(PROG, f"invalid value {connect!r} for SFU_CONNECT: expected ipc:// or tcp://")
+    if values[UDP_MUX_PORT] is not None and values[UDP_PORTS] is not None:
+        die(PROG, UDP_MUX_CONFLICT)
+    interfaces: list[str] = values[BIND_INTERFACES]
+    if interfaces and not values[BIND_ADDRESSES]:
+        complaint = reach.check_interfaces(interfaces, reach.system_interfaces())
+        if complaint is not None:
+            die(PROG, complaint)
     return WorkerSettings(
         connect=connect,
         worker_id=values[WORKER_ID],
@@ -224,11 +304,16 @@ def load_worker_settings(
         record_enabled=values[RECORD_ENABLED],
         record_dir=values[RECORD_DIR],
         transport_cc=values[TRANSPORT_CC],
+        cert_rotate=values[CERT_ROTATE],
         gateway_timeout=values[GATEWAY_TIMEOUT],
         parent_pid=values[PARENT_PID],
         plane=values[PLANE],
         log_level=values[LOG_LEVEL],
         log_format=values[LOG_FORMAT],
+        udp_mux_port=values[UDP_MUX_PORT],
+        tcp_mux_port=values[TCP_MUX_PORT],
+        bind_interfaces=values[BIND_INTERFACES],
+        stun_discover=values[STUN_DISCOVER],
     )
 
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import ssl
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from aiohttp import web
 
 from common import logformat, notify, tracing
 from common.settings import die
+from gateway import selftest
 from gateway.config import GatewayConfig, LoadedConfig, load_all
 from gateway.http.access_log import RedactingAccessLogger
 from gateway.http.app import apply_live_config, make_app, make_metrics_app
@@ -376,7 +378,10 @@ async def serve(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    loaded = load_all(argv)  # flags, environment, CONFIG_FILE, defaults
+    args = list(sys.argv[1:] if argv is None else argv)
+    if selftest.FLAG in args:
+        return selftest.main(args)  # what would be announced and bound, then exit
+    loaded = load_all(args)  # flags, environment, CONFIG_FILE, defaults
     config = loaded.config
     configure_logging(config.observability.log_level, config.observability.log_format)
     notify.configure()  # takes NOTIFY_SOCKET & co. out of the environment workers inherit

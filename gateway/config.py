@@ -19,11 +19,13 @@ import io
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from common import reach
 from common.settings import Values, die, load
+from common.worker_settings import UDP_MUX_CONFLICT
 from gateway import settings as s
-from gateway.settings import DESCRIPTION, PROG, HttpAddress, Network
+from gateway.settings import DESCRIPTION, PROG, HttpAddress, Network, RoomToken
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,18 @@ class MediaConfig:
 
     udp_ports: tuple[int, int] | None
     bind_addresses: list[str]
-    public_ip: str | None
+    public_ip: list[str]  # PUBLIC_IP's names already resolved
     session_connect_timeout: float
     instant_start: bool
     instant_start_max_bytes: int
     transport_cc: bool
+    # Network reach (common/reach.py, docs/networking.md): mux ports are bases, worker k
+    # listens on base + k.
+    udp_mux_port: int | None = None
+    tcp_mux_port: int | None = None
+    bind_interfaces: list[str] = field(default_factory=list)
+    stun_discover: str = ""
+    cert_rotate: float = 86400.0  # CERT_ROTATE: each worker's DTLS certificate's lifetime
 
 
 @dataclass(frozen=True)
@@ -85,16 +94,46 @@ class IceConfig:
 @dataclass(frozen=True)
 class AuthConfig:
     auth_token: str
-    room_tokens: dict[str, str]
+    room_grants: tuple[RoomToken, ...]  # ROOM_TOKENS, with each token's rights
     jwt_secret: str
     jwt_audience: str
     jwt_algorithms: list[str]
     admin_token: str
 
     @property
+    def room_tokens(self) -> dict[str, str]:
+        """ROOM_TOKENS as live-webrtc-go had it, room -> token (a room's first token; the
+        rights are in `room_grants`)."""
+        tokens: dict[str, str] = {}
+        for grant in self.room_grants:
+            tokens.setdefault(grant.room, grant.token)
+        return tokens
+
+    @property
     def enabled(self) -> bool:
         """live-webrtc-go's definition: some room needs a credential."""
-        return bool(self.auth_token or self.room_tokens or self.jwt_secret)
+        return bool(self.auth_token or self.room_grants or self.jwt_secret)
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    """PLAY_OPEN and the external auth hook (gateway/authhook.py); restart-only."""
+
+    play_open: bool = False
+    auth_hook_url: str = ""  # empty: no hook, the tokens decide
+    auth_hook_timeout: float = 2.0
+    auth_hook_cache_ttl: float = 10.0  # 0: no cache
+    auth_hook_send_token: bool = False  # False: token_sha256 only
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """Signed event webhooks (gateway/webhooks/); restart-only."""
+
+    urls: tuple[str, ...] = field(default=(), repr=False)  # may carry credentials
+    secret: str = field(default="", repr=False)
+    queue: str = ""  # the SQLite file, made absolute; "" only when there are no URLs
+    max_age: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +186,29 @@ class OperationsConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Several nodes sharing one room directory in Redis (gateway/cluster/); restart-only.
+    `enabled` only with REDIS_URL: without it the gateway is one node, as ever."""
+
+    redis_url: str = field(default="", repr=False)  # may carry the password
+    redis_password: str = field(default="", repr=False)
+    node_id: str = ""
+    node_url: str = ""  # public base URL, no trailing slash
+    node_token: str = field(default="", repr=False)
+    node_ttl: float = 10.0
+    room_ttl: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """How often the node writes its record and refreshes its rooms in Redis."""
+        return min(self.node_ttl, self.room_ttl) / 4
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     http: HttpConfig
     workers: WorkersConfig
@@ -158,6 +220,9 @@ class GatewayConfig:
     upload: UploadConfig
     observability: ObservabilityConfig
     ops: OperationsConfig = OperationsConfig()
+    access: AccessConfig = AccessConfig()
+    webhooks: WebhookConfig = WebhookConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
 
 def _build(v: Values) -> GatewayConfig:
@@ -190,6 +255,11 @@ def _build(v: Values) -> GatewayConfig:
             instant_start=v[s.INSTANT_START],
             instant_start_max_bytes=v[s.INSTANT_START_MAX_BYTES],
             transport_cc=v[s.TRANSPORT_CC],
+            udp_mux_port=v[s.UDP_MUX_PORT],
+            tcp_mux_port=v[s.TCP_MUX_PORT],
+            bind_interfaces=v[s.BIND_INTERFACES],
+            stun_discover=v[s.STUN_DISCOVER],
+            cert_rotate=v[s.CERT_ROTATE],
         ),
         ice=IceConfig(
             stun_urls=v[s.STUN_URLS],
@@ -201,7 +271,7 @@ def _build(v: Values) -> GatewayConfig:
         ),
         auth=AuthConfig(
             auth_token=v[s.AUTH_TOKEN],
-            room_tokens=v[s.ROOM_TOKENS],
+            room_grants=v[s.ROOM_TOKENS],
             jwt_secret=v[s.JWT_SECRET],
             jwt_audience=v[s.JWT_AUDIENCE],
             jwt_algorithms=v[s.JWT_ALGORITHMS],
@@ -242,7 +312,36 @@ def _build(v: Values) -> GatewayConfig:
             config_file=v[s.CONFIG_FILE],
             drain_timeout=v[s.DRAIN_TIMEOUT],
         ),
+        access=AccessConfig(
+            play_open=v[s.PLAY_OPEN],
+            auth_hook_url=v[s.AUTH_HOOK_URL],
+            auth_hook_timeout=v[s.AUTH_HOOK_TIMEOUT],
+            auth_hook_cache_ttl=v[s.AUTH_HOOK_CACHE_TTL],
+            auth_hook_send_token=v[s.AUTH_HOOK_SEND_TOKEN],
+        ),
+        webhooks=WebhookConfig(
+            urls=v[s.WEBHOOK_URLS],
+            secret=v[s.WEBHOOK_SECRET],
+            queue=_webhook_queue(v[s.WEBHOOK_QUEUE], v[s.RECORD_DIR], bool(v[s.WEBHOOK_URLS])),
+            max_age=v[s.WEBHOOK_MAX_AGE],
+        ),
+        cluster=ClusterConfig(
+            redis_url=v[s.REDIS_URL],
+            redis_password=v[s.REDIS_PASSWORD],
+            node_id=v[s.NODE_ID],
+            node_url=v[s.NODE_URL],
+            node_token=v[s.NODE_TOKEN],
+            node_ttl=v[s.NODE_TTL],
+            room_ttl=v[s.ROOM_TTL],
+        ),
     )
+
+
+def _webhook_queue(path: str, record_dir: str, used: bool) -> str:
+    """WEBHOOK_QUEUE made absolute; by default .webhooks.sqlite3 in RECORD_DIR."""
+    if not used:
+        return ""
+    return os.path.abspath(path or os.path.join(record_dir, ".webhooks.sqlite3"))
 
 
 def _check_upload(upload: UploadConfig) -> None:
@@ -257,6 +356,23 @@ def _check_upload(upload: UploadConfig) -> None:
     missing = [name for name, value in required if not value]
     if missing:
         die(PROG, f"UPLOAD_RECORDINGS=1 needs {', '.join(missing)}")
+
+
+def _check_media(media: MediaConfig, workers: int) -> None:
+    """The network reach settings that only fail together (docs/networking.md)."""
+    if media.udp_mux_port is not None and media.udp_ports is not None:
+        die(PROG, UDP_MUX_CONFLICT)
+    for name, base in (("UDP_MUX_PORT", media.udp_mux_port), ("TCP_MUX_PORT", media.tcp_mux_port)):
+        if base is not None and base + max(workers, 1) - 1 > 65535:
+            die(
+                PROG,
+                f"{name}={base}: {workers} workers need ports {base}-{base + workers - 1}, "
+                "past 65535",
+            )
+    if media.bind_interfaces and not media.bind_addresses:
+        complaint = reach.check_interfaces(media.bind_interfaces, reach.system_interfaces())
+        if complaint is not None:
+            die(PROG, complaint)
 
 
 def _check_combinations(config: GatewayConfig) -> None:
@@ -276,6 +392,7 @@ def _check_combinations(config: GatewayConfig) -> None:
                 f"UDP_PORTS={low}-{high} has {high - low + 1} ports, "
                 f"fewer than 2 for each of {workers.count} workers",
             )
+    _check_media(config.media, workers.count)
     if workers.worker_timeout <= workers.heartbeat_interval:
         die(PROG, "WORKER_TIMEOUT must be longer than HEARTBEAT_INTERVAL")
     if workers.worker_dead_timeout < workers.worker_timeout:
@@ -291,6 +408,19 @@ def _check_combinations(config: GatewayConfig) -> None:
     if metrics_addr is not None and metrics_addr == http.http_addr:
         die(PROG, "METRICS_ADDR must differ from HTTP_ADDR (leave it empty to share)")
     _check_upload(config.upload)
+    if config.webhooks.urls and not config.webhooks.secret:
+        die(PROG, "WEBHOOK_URLS is set but WEBHOOK_SECRET is not (webhooks are always signed)")
+    _check_cluster(config.cluster)
+
+
+def _check_cluster(cluster: ClusterConfig) -> None:
+    """Several nodes (REDIS_URL): each must say where clients reach it."""
+    if cluster.enabled and not cluster.node_url:
+        die(PROG, "REDIS_URL is set but NODE_URL is not (the public base URL of this node)")
+    if not cluster.enabled and (cluster.redis_password or cluster.node_url or cluster.node_token):
+        die(PROG, "REDIS_PASSWORD, NODE_URL and NODE_TOKEN need REDIS_URL (several nodes)")
+    if cluster.enabled and cluster.heartbeat_interval < 0.05:
+        die(PROG, "NODE_TTL and ROOM_TTL must be at least 0.2 s")
 
 
 # --- CONFIG_FILE ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -221,6 +221,40 @@ class LiveCollector(Collector):
         yield from _worker_gauges(directory, totals)
 
 
+# What the ICE mux counts that is not a refusal (sfu/aiortc_adapter/mux.py MuxCounters).
+ICE_MUX_EVENTS = frozenset({"rebindings", "routes_evicted"})
+
+
+def _ice_mux_metrics(reports: list[tuple[str, WorkerReport]]) -> Iterable[Metric]:
+    """The workers' ICE mux (UDP_MUX_PORT/TCP_MUX_PORT): its counters restart with the
+    worker, which Prometheus' rate() reads as a counter reset."""
+    dropped = CounterMetricFamily(
+        "live_worker_ice_mux_dropped",
+        "Datagrams and ICE-TCP connections a worker's ICE mux refused or dropped, by reason",
+        labels=["worker", "reason"],
+    )
+    events = CounterMetricFamily(
+        "live_worker_ice_mux_events",
+        "Sessions a worker's ICE mux moved to a client's new address (rebindings), and "
+        "routes it forgot to keep a session's table bounded (routes_evicted)",
+        labels=["worker", "event"],
+    )
+    routes = GaugeMetricFamily(
+        "live_worker_ice_mux_routes",
+        "Remote addresses a worker's ICE mux routes to a session now",
+        labels=["worker"],
+    )
+    for worker_id, report in reports:
+        for reason, count in sorted(report.heartbeat.ice_mux_drops.items()):
+            family = events if reason in ICE_MUX_EVENTS else dropped
+            family.add_metric([worker_id, reason], count)
+        if report.heartbeat.ice_mux_drops:
+            routes.add_metric([worker_id], report.heartbeat.ice_mux_routes)
+    yield dropped
+    yield events
+    yield routes
+
+
 def _room_counters(totals: TrafficTotals) -> Iterable[Metric]:
     described = (
         ("live_rtp_packets_total", "RTP packets received from publishers, by room", "packets_in"),
@@ -333,6 +367,7 @@ def _worker_gauges(directory: SessionDirectory, totals: TrafficTotals) -> Iterab
         for worker_id, report in reports:
             family.add_metric([worker_id], value_of(report))
         yield family
+    yield from _ice_mux_metrics(reports)
     responsive = GaugeMetricFamily(
         "live_worker_responsive",
         "1 while the worker heartbeats in time, 0 while it is unresponsive",
@@ -345,6 +380,19 @@ def _worker_gauges(directory: SessionDirectory, totals: TrafficTotals) -> Iterab
 
 # live_session_{setup,connect,first_packet}_seconds: 5 ms to 10 s, then +Inf.
 SESSION_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# live_session_phase_seconds: from 1 ms (the DTLS start after ICE, a lone answer) to 10 s.
+PHASE_SECONDS_BUCKETS = (0.001, 0.0025, *SESSION_SECONDS_BUCKETS)
+# The phases of a session's set-up timeline (ipc.messages.TIMELINE_MARKS, reported by its
+# worker), each from one mark to the next: the label, its start (None: the offer reaching
+# the worker) and its end.
+SESSION_PHASES: tuple[tuple[str, str | None, str], ...] = (
+    ("answer", None, "answer"),  # the worker answers the offer
+    ("client_check", "answer", "ice.first_check"),  # 201, the client's own work, its check
+    ("ice", "ice.first_check", "ice.connected"),  # checks until the client nominates
+    ("dtls_wait", "ice.connected", "dtls.start"),
+    ("dtls", "dtls.start", "dtls.connected"),  # the handshake: connected
+    ("first_packet", "dtls.connected", "first_packet"),
+)
 STATUS_CLASSES: tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx")
 # Not counted in live_http_responses_total: probes and scrapes would drown the API's answers
 # (a starting gateway's /readyz answers 503 until its first worker registers).
@@ -393,10 +441,22 @@ class GatewayCounters:
             buckets=SESSION_SECONDS_BUCKETS,
             registry=registry,
         )
+        self.session_phase = Histogram(
+            "live_session_phase_seconds",
+            "Each phase of a session's set-up as its worker timed it, by session kind: "
+            "answer (offer received to answer made), client_check (to the client's first "
+            "STUN check), ice (to ICE connected), dtls_wait (to the DTLS handshake's start), "
+            "dtls (to its end: connected), first_packet (to the first RTP packet)",
+            ["kind", "phase"],
+            buckets=PHASE_SECONDS_BUCKETS,
+            registry=registry,
+        )
         for kind in ("publisher", "subscriber"):
             self.session_setup.labels(kind)
             self.session_connect.labels(kind)
             self.session_first_packet.labels(kind)
+            for phase, _start, _end in SESSION_PHASES:
+                self.session_phase.labels(kind, phase)
         self.draining = Gauge(
             "live_draining",
             "1 while the gateway is draining (stopping: new sessions refused), else 0",
@@ -419,17 +479,77 @@ class GatewayCounters:
             ["reason"],
             registry=registry,
         )
+        # The auth hook (gateway/authhook.py) and webhooks (gateway/webhooks/).
+        self.auth_hook_requests = Counter(
+            "live_auth_hook_requests",
+            "Publish and play decisions of the auth hook by outcome: allow, deny (401/403), "
+            "error (other status), timeout, unreachable, cached (an allow reused, not asked)",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("allow", "deny", "error", "timeout", "unreachable", "cached"):
+            self.auth_hook_requests.labels(outcome)
+        self.auth_hook_seconds = Histogram(
+            "live_auth_hook_seconds",
+            "Time the auth hook took to answer (or to fail)",
+            buckets=SESSION_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.webhook_deliveries = Counter(
+            "live_webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered, failed (retried later), "
+            "expired (given up after WEBHOOK_MAX_AGE), dropped (the queue was full)",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("delivered", "failed", "expired", "dropped"):
+            self.webhook_deliveries.labels(outcome)
+        self.webhook_queue_depth = Gauge(
+            "live_webhook_queue_depth",
+            "Webhook deliveries waiting (one per event and URL)",
+            registry=registry,
+        )
+        self.webhook_delivery_seconds = Histogram(
+            "live_webhook_delivery_seconds",
+            "Webhook event created to delivered (2xx), retries included",
+            buckets=(*SESSION_SECONDS_BUCKETS, 30.0, 60.0, 300.0, 3600.0),
+            registry=registry,
+        )
 
+    def observe_auth_hook(self, outcome: str, seconds: float | None) -> None:
+        """AuthHook.observe: one decision (seconds: None for a cached allow)."""
+        self.auth_hook_requests.labels(outcome).inc()
+        if seconds is not None:
+            self.auth_hook_seconds.observe(seconds)
 
-    def observe_connected(self, session: SessionEntry) -> None:
-        """Registry.on_connected: the worker reported `session` connected (once per session)."""
+    def observe_connected(
+        self, session: SessionEntry, timeline: Mapping[str, float] | None = None
+    ) -> None:
+        """Registry.on_connected: the worker reported `session` connected (once per session),
+        with its timeline up to connected."""
         elapsed = time.monotonic() - session.created
         self.session_connect.labels(session.kind).observe(max(elapsed, 0.0))
+        self._observe_phases(session.kind, timeline or {}, first_packet=False)
 
-    def observe_first_packet(self, session: SessionEntry) -> None:
+    def observe_first_packet(
+        self, session: SessionEntry, timeline: Mapping[str, float] | None = None
+    ) -> None:
         """Registry.on_first_packet: the worker forwarded `session`'s first packet."""
         elapsed = time.monotonic() - session.created
         self.session_first_packet.labels(session.kind).observe(max(elapsed, 0.0))
+        self._observe_phases(session.kind, timeline or {}, first_packet=True)
+
+    def _observe_phases(
+        self, kind: str, timeline: Mapping[str, float], *, first_packet: bool
+    ) -> None:
+        """The phases whose two marks `timeline` has: those up to connected with the
+        connected report, the last one with the first packet's (each once per session)."""
+        for phase, start, end in SESSION_PHASES:
+            if (end == "first_packet") != first_packet or end not in timeline:
+                continue
+            begun = 0.0 if start is None else timeline.get(start)
+            if begun is not None:
+                self.session_phase.labels(kind, phase).observe(max(timeline[end] - begun, 0.0))
 
     def middleware(self) -> Middleware:
         """Counts the app's answers by status class, except UNCOUNTED_PATHS; the outermost

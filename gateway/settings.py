@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -112,19 +113,48 @@ def parse_turn_urls(raw: str) -> list[str]:
     return _parse_ice_urls(raw, ("turn", "turns"))
 
 
-def parse_room_tokens(raw: str) -> dict[str, str]:
-    """live-webrtc-go's ROOM_TOKENS: 'room1:tok1;room2:tok2' (a token may contain ':')."""
-    tokens: dict[str, str] = {}
+RIGHTS = ("publish", "play")
+
+
+@dataclass(frozen=True)
+class RoomToken:
+    """One ROOM_TOKENS grant: `token` may publish to and/or play `room`."""
+
+    room: str
+    token: str
+    publish: bool = True
+    play: bool = True
+
+
+def parse_room_tokens(raw: str) -> tuple[RoomToken, ...]:
+    """live-webrtc-go's ROOM_TOKENS, 'room1:tok1;room2:tok2', plus an optional right:
+    'room:token:publish' or 'room:token:play' (without one: both).
+
+    The room is what comes before the first ':'. A token may contain ':'; only a *final*
+    ':publish' or ':play' segment (exact, lower case) is a right, so a token that itself ends
+    in one of those is written with its right after it ('r:key:play:publish' is the token
+    'key:play' with the publish right). A room may list several tokens; the same token listed
+    twice for a room gets the union of the rights.
+    """
+    rights: dict[tuple[str, str], tuple[bool, bool]] = {}
     for piece in raw.split(";"):
         if not piece.strip():
             continue  # a trailing ';' is harmless
         room, sep, token = (part.strip() for part in piece.partition(":"))
+        publish = play = True
+        head, colon, right = token.rpartition(":")
+        if colon and right.strip() in RIGHTS:
+            if not head.strip():
+                raise ValueError(f"room {room!r}: empty token before :{right.strip()}")
+            token = head.strip()
+            publish, play = right.strip() == "publish", right.strip() == "play"
         if not sep or not token:
-            raise ValueError("expected room:token pairs separated by ';'")
+            raise ValueError("expected room:token[:publish|:play] entries separated by ';'")
         if not ROOM_NAME_PATTERN.match(room):
             raise ValueError(f"room {room!r} is not a valid room name")
-        tokens[room] = token
-    return tokens
+        had_publish, had_play = rights.get((room, token), (False, False))
+        rights[(room, token)] = (had_publish or publish, had_play or play)
+    return tuple(RoomToken(r, t, pub, pl) for (r, t), (pub, pl) in rights.items())
 
 
 def parse_optional_http_addr(raw: str) -> HttpAddress | None:
@@ -166,6 +196,23 @@ def parse_jwt_algorithms(raw: str) -> list[str]:
     if not algorithms or any(a not in HMAC_ALGORITHMS for a in algorithms):
         raise ValueError(f"expected a comma separated subset of {', '.join(HMAC_ALGORITHMS)}")
     return algorithms
+
+
+def parse_hook_url(raw: str) -> str:
+    """An http:// or https:// URL with a host, or empty (none)."""
+    text = raw.strip()
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL")
+    _ = parts.port  # raises ValueError for a bad port
+    return text
+
+
+def parse_hook_urls(raw: str) -> tuple[str, ...]:
+    """Comma separated http(s) URLs."""
+    return tuple(parse_hook_url(url) for url in parse_csv(raw))
 
 
 def parse_s3_endpoint(raw: str) -> str:
@@ -254,7 +301,27 @@ UDP_PORTS = worker.UDP_PORTS.described(
     "media UDP port range LOW-HIGH, split evenly between local workers; empty = OS choice"
 )
 BIND_ADDRESSES = worker.BIND_ADDRESSES.described("comma separated IPs for media sockets")
-PUBLIC_IP = worker.PUBLIC_IP.described("IP announced in candidates (1:1 NAT)")
+PUBLIC_IP = worker.PUBLIC_IP.described(
+    "comma separated public IPv4/IPv6 addresses or host names (resolved once, at start) "
+    "announced before the host addresses of the same family (1:1 NAT)"
+)
+# Network reach (docs/networking.md): one port per local worker, interfaces, discovery.
+UDP_MUX_PORT = worker.UDP_MUX_PORT.described(
+    "one UDP port per local worker for all its sessions: worker k listens on UDP_MUX_PORT+k "
+    "(empty: a socket per session, see UDP_PORTS)"
+)
+TCP_MUX_PORT = worker.TCP_MUX_PORT.described(
+    "ICE-TCP (passive), one TCP port per local worker: worker k listens on TCP_MUX_PORT+k "
+    "(empty: no ICE-TCP)"
+)
+BIND_INTERFACES = worker.BIND_INTERFACES.described(
+    "comma separated interface names local workers gather on (default: every interface but "
+    "container bridges; never link-local; BIND_ADDRESSES wins)"
+)
+STUN_DISCOVER = worker.STUN_DISCOVER.described(
+    "stun:HOST:PORT asked once at start for this host's public address: announced when "
+    "PUBLIC_IP has none of its family, a warning when PUBLIC_IP differs"
+)
 SESSION_CONNECT_TIMEOUT = worker.SESSION_CONNECT_TIMEOUT.described(
     "seconds a new session may take to connect before it is closed"
 )
@@ -268,6 +335,10 @@ INSTANT_START_MAX_BYTES = worker.INSTANT_START_MAX_BYTES.described(
 TRANSPORT_CC = worker.TRANSPORT_CC.described(
     "local workers answer publishers' transport-cc and send them its feedback, so browsers "
     "ramp up their bitrate within seconds (true/false; false: REMB only)"
+)
+CERT_ROTATE = worker.CERT_ROTATE.described(
+    "seconds between new DTLS certificates of each local worker (one certificate per worker "
+    "for its new sessions, not one per session; at most 14 days)"
 )
 WORKER_TOKEN = worker.WORKER_TOKEN.described("shared secret remote workers present in Hello")
 HEARTBEAT_INTERVAL = Setting(
@@ -363,7 +434,8 @@ ROOM_TOKENS = Setting(
     "room_tokens",
     "ROOM_TOKENS",
     "",
-    "per-room tokens room1:tok1;room2:tok2 (AUTH_TOKEN does not open these rooms)",
+    "per-room tokens room1:tok1;room2:tok2, each optionally :publish or :play (default "
+    "both); several per room; AUTH_TOKEN does not open these rooms",
     parse_room_tokens,
     secret=True,
 )
@@ -387,6 +459,77 @@ ADMIN_TOKEN = Setting(
     "token for the admin API; empty = JWT admins only",
     text,
     secret=True,
+)
+# Rights, the external auth hook and webhooks (docs/auth-and-webhooks.md).
+PLAY_OPEN = Setting(
+    "play_open",
+    "PLAY_OPEN",
+    "false",
+    "anyone may watch every room (WHEP) without a credential; publishing still needs one",
+    parse_bool,
+)
+AUTH_HOOK_URL = Setting(
+    "auth_hook_url",
+    "AUTH_HOOK_URL",
+    "",
+    "http(s) URL POSTed a JSON description of each publish and play; 2xx allows, 401/403 "
+    "refuse; it then decides instead of the tokens (the admin API stays local)",
+    parse_hook_url,
+    secret=True,  # a URL may carry a credential
+)
+AUTH_HOOK_TIMEOUT = Setting(
+    "auth_hook_timeout",
+    "AUTH_HOOK_TIMEOUT",
+    "2",
+    "seconds to wait for the auth hook; slower or unreachable: 503 with Retry-After",
+    parse_positive_float,
+)
+AUTH_HOOK_CACHE_TTL = Setting(
+    "auth_hook_cache_ttl",
+    "AUTH_HOOK_CACHE_TTL",
+    "10",
+    "seconds an allow of the auth hook is reused for the same action, room, credential "
+    "and client address; 0 = ask every time",
+    parse_non_negative_float,
+)
+AUTH_HOOK_SEND_TOKEN = Setting(
+    "auth_hook_send_token",
+    "AUTH_HOOK_SEND_TOKEN",
+    "false",
+    "send the auth hook the credential itself (token) instead of its SHA-256 (token_sha256)",
+    parse_bool,
+)
+WEBHOOK_URLS = Setting(
+    "webhook_urls",
+    "WEBHOOK_URLS",
+    "",
+    "comma separated http(s) URLs that get signed JSON events (room, publisher, viewer, "
+    "recording); needs WEBHOOK_SECRET",
+    parse_hook_urls,
+    secret=True,  # webhook URLs are often bearer URLs
+)
+WEBHOOK_SECRET = Setting(
+    "webhook_secret",
+    "WEBHOOK_SECRET",
+    "",
+    "HMAC-SHA256 key of the Live-Sfu-Signature header of webhook requests",
+    text,
+    secret=True,
+)
+WEBHOOK_QUEUE = Setting(
+    "webhook_queue",
+    "WEBHOOK_QUEUE",
+    "",
+    "SQLite file of the webhook events not delivered yet (survives restarts); "
+    "empty = .webhooks.sqlite3 in RECORD_DIR",
+    text,
+)
+WEBHOOK_MAX_AGE = Setting(
+    "webhook_max_age",
+    "WEBHOOK_MAX_AGE",
+    "86400",
+    "seconds a webhook event is retried (backoff 1 s doubling to 60 s) before it is dropped",
+    parse_positive_float,
 )
 RATE_LIMIT_RPS = Setting(
     "rate_limit_rps",
@@ -495,6 +638,129 @@ S3_PATH_STYLE = Setting(
     parse_path_style,
 )
 
+# --- several nodes (gateway/cluster/, docs/cluster.md): one room directory in Redis ---------
+
+NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}\Z")  # no '.': see node_session_id
+
+
+def parse_redis_url(raw: str) -> str:
+    """redis://[user:password@]HOST[:PORT][/DB], rediss:// (TLS) or unix:///path; '' = off."""
+    text = raw.strip()
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme in ("redis", "rediss"):
+        if not parts.hostname:
+            raise ValueError("expected redis://HOST[:PORT][/DB] or rediss://...")
+        _ = parts.port  # raises ValueError for a bad port
+    elif parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("expected unix:///path/to/redis.sock")
+    else:
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    return text
+
+
+def default_node_id() -> str:
+    """This host's name up to its first dot, reduced to what NODE_ID allows."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0]).strip("-_")
+    return (name or "node")[:63]
+
+
+def parse_node_id(raw: str) -> str:
+    text = raw.strip() or default_node_id()
+    if not NODE_ID_PATTERN.match(text):
+        raise ValueError("use 1 to 63 of A-Z a-z 0-9 _ - (starting with a letter or digit)")
+    return text
+
+
+def parse_node_url(raw: str) -> str:
+    """The public base URL of this node's HTTP: http(s)://HOST[:PORT][/PREFIX], no query."""
+    text = raw.strip().rstrip("/")
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected http(s)://HOST[:PORT][/PREFIX], e.g. https://media1.example.com")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("a base URL without credentials, query or fragment")
+    _ = parts.port  # raises ValueError for a bad port
+    return text
+
+
+def parse_node_token(raw: str) -> str:
+    if raw and len(raw) < 16:
+        raise ValueError("at least 16 characters")
+    return raw
+
+
+REDIS_URL = Setting(
+    "redis_url",
+    "REDIS_URL",
+    "",
+    "redis://[user:password@]HOST[:PORT][/DB], rediss:// or unix:// URL of the room directory "
+    "shared by several nodes; empty = one node, no Redis (needs NODE_URL)",
+    parse_redis_url,
+    secret=True,  # may carry the password
+)
+REDIS_PASSWORD = Setting(
+    "redis_password",
+    "REDIS_PASSWORD",
+    "",
+    "Redis password (AUTH) when REDIS_URL carries none",
+    text,
+    secret=True,
+)
+NODE_ID = Setting(
+    "node_id",
+    "NODE_ID",
+    "",
+    "this node's name in the room directory, unique per node; empty = the host name",
+    parse_node_id,
+)
+NODE_URL = Setting(
+    "node_url",
+    "NODE_URL",
+    "",
+    "public base URL clients reach this node's HTTP at (redirects and session Locations "
+    "point there); required with REDIS_URL",
+    parse_node_url,
+)
+NODE_TOKEN = Setting(
+    "node_token",
+    "NODE_TOKEN",
+    "",
+    "secret shared by the nodes (the same on each): signs redirect grants (credentials "
+    "across a 307) and authenticates the relay; at least 16 characters",
+    parse_node_token,
+    secret=True,
+)
+NODE_TTL = Setting(
+    "node_ttl",
+    "NODE_TTL",
+    "10",
+    "seconds a node stays in the directory after its last heartbeat (heartbeats every "
+    "quarter of the shorter of NODE_TTL and ROOM_TTL)",
+    parse_positive_float,
+)
+ROOM_TTL = Setting(
+    "room_ttl",
+    "ROOM_TTL",
+    "10",
+    "seconds a room's home stays recorded after its node last refreshed it: how long the "
+    "rooms of a killed node block a new home",
+    parse_positive_float,
+)
+CLUSTER_SETTINGS: tuple[Setting[Any], ...] = (
+    REDIS_URL,
+    REDIS_PASSWORD,
+    NODE_ID,
+    NODE_URL,
+    NODE_TOKEN,
+    NODE_TTL,
+    ROOM_TTL,
+)
+
 SETTINGS: tuple[Setting[Any], ...] = (
     HTTP_ADDR,
     WORKERS,
@@ -509,12 +775,17 @@ SETTINGS: tuple[Setting[Any], ...] = (
     TLS_KEY_FILE,
     MAX_BODY_BYTES,
     UDP_PORTS,
+    UDP_MUX_PORT,
+    TCP_MUX_PORT,
     BIND_ADDRESSES,
+    BIND_INTERFACES,
     PUBLIC_IP,
+    STUN_DISCOVER,
     SESSION_CONNECT_TIMEOUT,
     INSTANT_START,
     INSTANT_START_MAX_BYTES,
     TRANSPORT_CC,
+    CERT_ROTATE,
     WORKER_TOKEN,
     HEARTBEAT_INTERVAL,
     WORKER_TIMEOUT,
@@ -534,6 +805,15 @@ SETTINGS: tuple[Setting[Any], ...] = (
     JWT_AUDIENCE,
     JWT_ALGORITHMS,
     ADMIN_TOKEN,
+    PLAY_OPEN,
+    AUTH_HOOK_URL,
+    AUTH_HOOK_TIMEOUT,
+    AUTH_HOOK_CACHE_TTL,
+    AUTH_HOOK_SEND_TOKEN,
+    WEBHOOK_URLS,
+    WEBHOOK_SECRET,
+    WEBHOOK_QUEUE,
+    WEBHOOK_MAX_AGE,
     RATE_LIMIT_RPS,
     RATE_LIMIT_BURST,
     TRUSTED_PROXIES,
@@ -556,4 +836,5 @@ SETTINGS: tuple[Setting[Any], ...] = (
     S3_PREFIX,
     S3_USE_SSL,
     S3_PATH_STYLE,
+    *CLUSTER_SETTINGS,
 )

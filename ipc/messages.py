@@ -16,11 +16,26 @@ import msgspec
 # 3: the shared-memory plane: OpenSession.home, FollowRoom, the plane counters of Heartbeat.
 # 4: OpenSession.trace (W3C trace context; a worker of 3 could not decode it), SetLogLevel,
 # the "first_packet" session state.
-PROTOCOL_VERSION = 4
+# 5: RestartIce/IceRestarted (RFC 9725 ICE restart), the "ice_not_connected" failure, the ICE
+# mux counters of Heartbeat.
+# 6: RoomStats.media (TrackStats: per-track bitrate, frame rate, size, loss, keyframes).
+# 7: SessionState.timeline (the session's set-up marks, TIMELINE_MARKS).
+PROTOCOL_VERSION = 7
 
 SessionKind = Literal["publisher", "subscriber"]
 # A session's changes of state that its worker reports on its own.
 SessionStateName = Literal["connected", "first_packet", "closed"]
+# A session's set-up timeline, in order: seconds from the offer reaching its worker to the
+# answer made, the client's first STUN check seen, ICE connected, the DTLS handshake's start
+# and end (aiortc's connected), and the first RTP packet (sfu/session/base.py Session.mark).
+TIMELINE_MARKS = (
+    "answer",
+    "ice.first_check",
+    "ice.connected",
+    "dtls.start",
+    "dtls.connected",
+    "first_packet",
+)
 PublisherState = Literal["none", "connecting", "connected"]
 # Why a request was refused or failed; gateway/http/errors.py maps each to an HTTP status.
 FailureCode = Literal[
@@ -29,6 +44,7 @@ FailureCode = Literal[
     "no_room",  # -> 404
     "unknown_session",  # -> 404
     "bad_candidate",  # -> 400
+    "ice_not_connected",  # an ICE restart of a session that never connected -> 409
     "refused",  # registration refused
     "overloaded",  # -> 503
     "internal",  # -> 503 (never a 500 to the client)
@@ -71,6 +87,26 @@ class Counters(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     dropped_packets: int = 0  # malformed or unroutable
 
 
+class TrackStats(msgspec.Struct, forbid_unknown_fields=True, array_like=True):
+    """One track of a room's current publisher, as its home measured it (sfu/roomstats.py).
+
+    Rates are over the last RATE_WINDOW (at least one second) of heartbeats; counters run
+    since the track began. 0 means unknown for width, height and the keyframe fields."""
+
+    kind: str
+    codec: str  # as sfu.sdp.describe_codec says it, e.g. "H264 (high, 64001f, ...)"
+    bitrate_bps: float  # received RTP bytes (headers, RTX included) * 8 per second
+    frame_rate: float  # video: marker bits (last packet of a frame) per second
+    width: int  # of the latest keyframe, where the codec's header says it (VP8, VP9, H264)
+    height: int
+    packets_received: int  # media packets of the source's SSRC (RTX not counted)
+    packets_lost: int  # sequence gaps on the ingest leg, before any retransmission
+    loss_ratio: float  # lost / expected over the rate window
+    keyframes: int
+    keyframe_interval_s: float  # between the last two keyframes
+    keyframe_age_s: float  # since the latest keyframe; -1: none yet
+
+
 class RoomStats(Counters, array_like=True):
     """One room in a heartbeat. Counters run since the room was created on this worker.
 
@@ -83,6 +119,7 @@ class RoomStats(Counters, array_like=True):
     tracks: list[tuple[str, str]]  # (kind, codec name) of the current publisher
     subscribers: int
     closed: bool = False
+    media: list[TrackStats] = msgspec.field(default_factory=list)  # by kind
 
 
 class Heartbeat(_Msg, Counters, tag="heartbeat"):
@@ -114,6 +151,11 @@ class Heartbeat(_Msg, Counters, tag="heartbeat"):
     # rooms it is home of (one per room and edge worker).
     edge_rooms: int = 0
     followers: int = 0
+    # The ICE mux (UDP_MUX_PORT/TCP_MUX_PORT; empty without one), since the worker started:
+    # datagrams and connections it refused or dropped, by reason, and its rebindings and
+    # evicted routes; and the remote addresses it routes now.
+    ice_mux_drops: dict[str, int] = msgspec.field(default_factory=dict)
+    ice_mux_routes: int = 0
 
 
 class HeartbeatAck(_Msg, tag="heartbeat_ack"):
@@ -172,6 +214,25 @@ class AddCandidates(_Msg, tag="add_candidates"):
     end_of_candidates: bool = False
 
 
+class RestartIce(_Msg, tag="restart_ice"):
+    """An ICE restart (RFC 9725 §4.3): the client's new credentials and candidates (parsed
+    from its PATCH by the gateway); answered IceRestarted, or Failure (the session carries on
+    with its old ICE session then)."""
+
+    session_id: str
+    ice_ufrag: str
+    ice_pwd: str
+    candidates: list[str]  # the value of each a=candidate line, without "a="
+    mid: str | None = None
+    end_of_candidates: bool = False
+
+
+class IceRestarted(_Msg, tag="ice_restarted"):
+    """The server's new ICE credentials and candidates: the sdpfrag body of the 200."""
+
+    fragment: str
+
+
 class CloseSession(_Msg, tag="close_session"):
     session_id: str
 
@@ -203,12 +264,14 @@ class Failure(_Msg, tag="failure"):
 class SessionState(_Msg, tag="session_state"):
     """A session changed state on its own: connected (ICE and DTLS up), first_packet (the
     first RTP packet forwarded to or received from it, once), closed (failed, reaped,
-    deleted)."""
+    deleted). `timeline`: the marks of TIMELINE_MARKS seen so far (seconds since the offer
+    reached the worker), with connected and first_packet."""
 
     session_id: str
     room: str
     state: SessionStateName
     reason: str = ""
+    timeline: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 Message = (
@@ -220,6 +283,8 @@ Message = (
     | OpenSession
     | SessionAnswer
     | AddCandidates
+    | RestartIce
+    | IceRestarted
     | CloseSession
     | CloseRoom
     | FollowRoom

@@ -13,6 +13,10 @@ apt_install python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
 # promtool, for tests/ops/test_dashboards.py (ops/prometheus/alerts.yml); Debian ships it only
 # in the prometheus package, whose own server service is not needed.
 apt_install prometheus
+# iptables (nft): the NAT router and firewalls of tests/network (testkit/netns.py).
+apt_install iptables
+# Several nodes sharing a room directory: tests/cluster start their own redis-server.
+apt_install redis-server
 check_python
 ensure_venv test
 

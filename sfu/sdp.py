@@ -6,8 +6,9 @@ Errors are ValueError with a message fit for the HTTP client.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
+from aioice.candidate import candidate_foundation
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
@@ -17,7 +18,7 @@ MAX_OFFER_MEDIA_SECTIONS = 16
 TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 _MDNS_CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ \S+\.local \d+ ", re.IGNORECASE)
-_HOST_CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ udp \d+ )(\S+)( \d+ typ host.*)$", re.I)
+_CANDIDATE = re.compile(r"^a=candidate:(\S+) (\d+) (\S+) (\d+) (\S+) (\d+) typ (\S+)(.*)$")
 _PROFILE_LEVEL_ID = re.compile(r"^[0-9a-fA-F]{6}\Z")
 # RFC 8843 makes a MID a token; we also keep it within what a one-byte RTP header extension
 # can carry (16 bytes), which is where every viewer's packets repeat it.
@@ -41,6 +42,20 @@ _TRANSPORT_ATTRIBUTES = (
 _SHARED_TRANSPORT = ("c=", "a=ice-ufrag:", "a=ice-pwd:", "a=fingerprint:", "a=setup:")
 # H264 profiles aiortc's profile table does not name (profile_idc and profile-iop, in hex).
 _H264_PROFILE_NAMES = {"6e00": "high-10", "7a00": "high-422", "f400": "high-444"}
+# H265 general_profile_idc values (RFC 7798 §7.1 profile-id; H.265 Annex A).
+_H265_PROFILE_NAMES = {
+    1: "main",
+    2: "main-10",
+    3: "main-still-picture",
+    4: "range-extensions",
+    5: "high-throughput",
+    9: "screen-content",
+}
+_H265_PROFILE_ID = re.compile(r"^[0-9]{1,2}\Z")
+# The H265 parameters an answer echoes from the offer: capacity, not bitstream format.
+_H265_LEVEL_PARAMETERS = ("level-id", "tier-flag")
+_H265_LEVEL_VALUE = re.compile(r"^[0-9]{1,3}\Z")
+_FMTP_PAYLOAD_TYPE = re.compile(r"^a=fmtp:(\d+) (.*)$")
 
 
 def strip_mdns_candidates(sdp: str) -> str:
@@ -282,23 +297,38 @@ def restore_rejected(answer: str, offer: str, keep: Collection[int]) -> str:
 
 
 def echo_h264_levels(answer: str, description: aiortc_sdp.SessionDescription) -> str:
-    """Answer each H264 format with the level the client offered for it.
+    """Answer each H264 and H265 format with the level the client offered for it.
 
-    aiortc answers with its own table's profile-level-id; the profile is the same, but the
-    level would tell a publisher to encode no higher than level 3.1 (and a viewer that we
-    send no higher than that). Echoing the offered level is always acceptable to the client.
+    aiortc answers with its own table's profile-level-id (H264) or level-id and tier-flag
+    (H265); the profile is the same, but the level would tell a publisher to encode no
+    higher than level 3.1 (and a viewer that we send no higher than that). Echoing the
+    offered level is always acceptable to the client.
     """
     offered: list[dict[int, str]] = []
+    offered_h265: list[dict[int, dict[str, str]]] = []
     for section in description.media:
         levels: dict[int, str] = {}
+        h265: dict[int, dict[str, str]] = {}
         for codec in section.rtp.codecs:
-            value = str(codec.parameters.get("profile-level-id", ""))
             payload_type = codec.payloadType
-            if payload_type is None or codec.mimeType.lower() != "video/h264":
+            mime = codec.mimeType.lower()
+            if payload_type is None:
+                continue
+            if mime == "video/h265":
+                h265[payload_type] = {
+                    name: str(codec.parameters[name])
+                    for name in _H265_LEVEL_PARAMETERS
+                    if name in codec.parameters
+                    and _H265_LEVEL_VALUE.match(str(codec.parameters[name]))
+                }
+                continue
+            value = str(codec.parameters.get("profile-level-id", ""))
+            if mime != "video/h264":
                 continue
             if _PROFILE_LEVEL_ID.match(value):
                 levels[payload_type] = value
         offered.append(levels)
+        offered_h265.append(h265)
     lines = []
     index = -1
     for line in answer.splitlines():
@@ -310,21 +340,100 @@ def echo_h264_levels(answer: str, description: aiortc_sdp.SessionDescription) ->
                 level = offered[index].get(int(match.group(2)))
                 if level is not None:
                     line = match.group(1) + level + match.group(4)
+            else:
+                line = _echo_h265_level(line, offered_h265[index])
         lines.append(line)
     return "\r\n".join(lines) + "\r\n"
 
 
-def announce_public_ip(answer: str, public_ip: str | None) -> str:
-    """Behind 1:1 NAT, host candidates must carry the public address."""
-    if not public_ip:
+def _echo_h265_level(line: str, offered: dict[int, dict[str, str]]) -> str:
+    """An H265 fmtp line of the answer with the offered level-id and tier-flag."""
+    match = _FMTP_PAYLOAD_TYPE.match(line)
+    if match is None:
+        return line
+    wanted = offered.get(int(match.group(1)))
+    if not wanted:
+        return line
+    parameters = []
+    for parameter in match.group(2).split(";"):
+        name = parameter.split("=", 1)[0].strip()
+        if name in wanted:
+            parameter = f"{name}={wanted[name]}"
+        parameters.append(parameter)
+    return f"a=fmtp:{match.group(1)} " + ";".join(parameters)
+
+
+def announce_public_ip(answer: str, public_ip: str | Sequence[str] | None) -> str:
+    """Behind 1:1 NAT (PUBLIC_IP, several addresses allowed): for each host candidate, the
+    public addresses of its family (IPv4 for IPv4, IPv6 for IPv6) on the same port and
+    transport, announced as host candidates with aioice's foundation for that address.
+
+    In each media section the public candidates come first, UDP before TCP (ffmpeg takes the
+    first candidate), then the answer's own candidates (a client on the same LAN still
+    reaches the private address); priorities go down in that order (256 apart: the local
+    preference), so a client that sorts by priority agrees with the order."""
+    publics = [public_ip] if isinstance(public_ip, str) else list(public_ip or ())
+    if not publics:
         return answer
-    out = []
+    out: list[str] = []
+    block: list[str] = []
+
+    def flush() -> None:
+        out.extend(_announce_block(block, publics))
+        block.clear()
+
     for line in answer.splitlines():
-        match = _HOST_CANDIDATE.match(line)
-        if match and ":" not in match.group(2) and ":" not in public_ip:
-            line = match.group(1) + public_ip + match.group(3)
+        if line.startswith("a=candidate:"):
+            block.append(line)
+            continue
+        flush()
         out.append(line)
+    flush()
     return "\r\n".join(out) + "\r\n"
+
+
+def _announce_block(lines: list[str], publics: list[str]) -> list[str]:
+    """One run of candidate lines, with the public candidates before it."""
+    added: list[tuple[bool, list[str]]] = []  # (is TCP, fields of a public candidate)
+    own: list[tuple[bool, list[str] | str]] = []  # (is TCP, fields, or a line kept as is)
+    for line in lines:
+        match = _CANDIDATE.match(line)
+        if match is None:
+            own.append((False, line))
+            continue
+        fields = list(match.groups())
+        tcp = fields[2].lower() == "tcp"
+        own.append((tcp, fields))
+        if fields[6].lower() != "host" or fields[4] in publics:
+            continue
+        v6 = ":" in fields[4]
+        for address in publics:
+            if (":" in address) != v6:
+                continue
+            public = [candidate_foundation("host", fields[2].lower(), address), *fields[1:]]
+            public[4] = address
+            added.append((tcp, public))
+    if not added:
+        return list(lines)
+    ordered: list[tuple[bool, list[str] | str]] = [
+        *sorted(added, key=lambda item: item[0]),
+        *sorted(own, key=lambda item: item[0]),
+    ]
+    result: list[str] = []
+    step = 0
+    for _tcp, parts in ordered:
+        if isinstance(parts, str):
+            result.append(parts)
+            continue
+        foundation, component, transport, prio, address, port, kind, rest = parts
+        if kind.lower() == "host":
+            prio = str(max(int(prio) - 256 * step, 1))
+            step += 1
+        result.append(
+            f"a=candidate:{foundation} {component} {transport} {prio} {address} {port} "
+            f"typ {kind}{rest}"
+        )
+    return result
 
 
 def ice_credentials(sdp: str) -> tuple[str, str]:
@@ -358,10 +467,27 @@ def h264_profile(profile_level_id: object) -> str:
     return _H264_PROFILE_NAMES.get(raw, f"profile-{raw}")
 
 
+def h265_profile(profile_id: object) -> str:
+    """The H265 profile a profile-id names (RFC 7798 §7.1), e.g. "main" or "main-10".
+
+    A missing value means Main, as RFC 7798 says. ValueError when it is not a
+    general_profile_idc (0-31).
+    """
+    text = "1" if profile_id is None else str(profile_id)
+    if not _H265_PROFILE_ID.match(text) or int(text) > 31:
+        raise ValueError(f"malformed H265 profile-id {text[:40]!r}")
+    number = int(text)
+    return _H265_PROFILE_NAMES.get(number, f"profile-{number}")
+
+
 def codec_key(codec: RTCRtpCodecParameters) -> CodecKey:
     """What must match between two sides for the bitstream to pass unchanged.
 
-    ValueError for an H264 format with a malformed profile-level-id.
+    H264 by profile (not level) and packetization mode; H265 by profile-id (not level-id or
+    tier-flag), transmission mode (RFC 7798 tx-mode: only SRST, one RTP stream, is what
+    anyone sends, and what our table offers) and decoding order numbers (only without, as
+    WebRTC senders do: sprop-max-don-diff 0). ValueError for an H264 format with a
+    malformed profile-level-id or an H265 one with a malformed profile-id.
     """
     mime = codec.mimeType.lower()
     parameters = codec.parameters
@@ -370,6 +496,13 @@ def codec_key(codec: RTCRtpCodecParameters) -> CodecKey:
         profile = h264_profile(parameters.get("profile-level-id"))
         mode = str(parameters.get("packetization-mode", "0"))
         fmtp = f"profile={profile};packetization-mode={mode}"
+    elif mime == "video/h265":
+        profile = h265_profile(parameters.get("profile-id"))
+        mode = str(parameters.get("tx-mode", "SRST")).upper()
+        fmtp = f"profile={profile};tx-mode={mode}"
+        don = str(parameters.get("sprop-max-don-diff", "0"))
+        if don != "0":  # DONL fields in every packet: what keyframe tests do not parse
+            fmtp += f";sprop-max-don-diff={don[:16]}"
     elif mime == "video/vp9":
         fmtp = f"profile-id={parameters.get('profile-id', '0')}"
     elif mime == "video/av1":
@@ -391,6 +524,14 @@ def describe_codec(codec: RTCRtpCodecParameters) -> str:
         plid = f", {value}" if value is not None else ""
         mode = parameters.get("packetization-mode", "0")
         return f"{name} ({profile}{plid}, packetization-mode={mode})"
+    if mime == "video/h265":
+        value = parameters.get("profile-id")
+        try:
+            profile = h265_profile(value)
+        except ValueError:
+            profile = "malformed profile"
+        pid = f", profile-id={str(value)[:16]}" if value is not None else ""
+        return f"{name} ({profile}{pid})"
     if mime == "video/vp9":
         return f"{name} (profile-id={parameters.get('profile-id', '0')})"
     if mime == "video/av1":
@@ -481,3 +622,37 @@ def _extmap_id(lines: list[str], uri: str) -> int | None:
                 except ValueError:
                     return None
     return None
+
+
+# --- ICE restart ---------------------------------------------------------------------------
+
+# Attributes a restart answer repeats from the answer (RFC 9725 §4.3.2).
+_REPEATED_ICE_ATTRIBUTES = ("a=ice-options:", "a=ice-pacing:", "a=ice-lite")
+
+
+def restart_fragment(answer: str, ufrag: str, pwd: str, candidates: Sequence[str]) -> str:
+    """The 200 body of an ICE restart (RFC 8840 sdpfrag, RFC 9725 §4.3.2): the BUNDLE group
+    and the first media section of `answer` (its tag), with the new credentials and
+    candidates and end-of-candidates. `candidates` are `candidate:...` values."""
+    sessions, sections = _split(answer)
+    repeated: list[str] = []
+    group: list[str] = []
+    for line in sessions:
+        if line.startswith("a=group:BUNDLE"):
+            group.append(line)
+        elif line.startswith(_REPEATED_ICE_ATTRIBUTES):
+            repeated.append(line)
+    if not sections:
+        raise ValueError("the answer has no media section")
+    # The BUNDLE tag: the group's first mid (a rejected section is never the tag).
+    tag = group[0].split()[1] if group and len(group[0].split()) > 1 else None
+    media = next((section for section in sections if _mid(section) == tag), sections[0])
+    lines = [*repeated, *group, media[0]]
+    mid = _mid(media)
+    if mid is not None:
+        lines.append(f"a=mid:{mid}")
+    lines += [line for line in media if line.startswith(_REPEATED_ICE_ATTRIBUTES)]
+    lines += [f"a=ice-ufrag:{ufrag}", f"a=ice-pwd:{pwd}"]
+    lines += [f"a={candidate}" for candidate in candidates]
+    lines.append("a=end-of-candidates")
+    return "\r\n".join(lines) + "\r\n"

@@ -23,6 +23,8 @@ from ipc import messages as m
 from ipc.channel import Channel, IpcError, RemoteFailure, dealer_channel
 from ipc.shm import ring
 from sfu import __version__
+from sfu import aiortc_adapter as adapter
+from sfu.aiortc_adapter.mux import IceMux
 from sfu.media.instant_start import InstantStart
 from sfu.media.stats import ForwardingStats
 from sfu.plane import FollowRefused, PlaneEdge, PlaneHome
@@ -74,6 +76,8 @@ class Worker:
         self.recorder = Recorder(config.recording, config.worker_id)
         self.plane_home: PlaneHome | None = None
         self.plane_edge: PlaneEdge | None = None
+        # The worker's shared ICE sockets (sfu/__main__.py sets it when a mux port is set).
+        self.ice_mux: IceMux | None = None
         # Hook: called after each successful registration (sfu/__main__.py tells systemd).
         self.on_registered: Callable[[], None] = _nothing
 
@@ -188,6 +192,8 @@ class Worker:
                 recording_bytes=self.recorder.stats.bytes_written,
                 recording_write_errors=self.recorder.stats.write_errors,
                 **self._plane_counters(),
+                ice_mux_drops=self.ice_mux.counters() if self.ice_mux is not None else {},
+                ice_mux_routes=self.ice_mux.route_count if self.ice_mux is not None else 0,
             )
             with_counters(heartbeat, totals)
             cpu_before, wall_before = time.process_time(), now
@@ -211,6 +217,32 @@ class Worker:
                 if new_interval is None:
                     return
                 interval = new_interval
+
+    async def _restart_ice(self, body: m.RestartIce) -> m.Message:
+        session = self.find_session(body.session_id)
+        if session is None:
+            return m.Failure("unknown_session", "no such session")
+        try:
+            fragment = await session.restart_ice(
+                body.ice_ufrag, body.ice_pwd, body.candidates, body.mid, body.end_of_candidates
+            )
+        except OfferError as exc:
+            return m.Failure("bad_candidate", str(exc))
+        except ConnectionError as exc:
+            return m.Failure("ice_not_connected", f"{exc}; start a new session")
+        return m.IceRestarted(fragment)
+
+    def path_changed(self, connection: object) -> None:
+        """The ICE mux moved a session to its client's new address (IceMux.on_rebinding)."""
+        for room in self.rooms.values():
+            for session in room.sessions.values():
+                try:
+                    found = adapter.ice_connection(session.pc) is connection
+                except adapter.AdapterError:  # a session without transceivers yet
+                    continue
+                if found:
+                    session.on_path_changed()
+                    return
 
     def _plane_counters(self) -> dict[str, int]:
         edge, home = self.plane_edge, self.plane_home
@@ -256,6 +288,8 @@ class Worker:
             except OfferError as exc:
                 return m.Failure("bad_candidate", str(exc))
             return m.Done()
+        if isinstance(body, m.RestartIce):
+            return await self._restart_ice(body)
         if isinstance(body, m.CloseSession):
             session = self.find_session(body.session_id)
             if session is None:
@@ -360,10 +394,20 @@ class Worker:
         if isinstance(session, PublisherSession):
             track_ids = publisher_track_ids(session.pc.getTransceivers(), session.codecs)
             self.recorder.publisher_connected(session.room, track_ids)
-        self._notify(m.SessionState(session.id, session.room.name, "connected"))
+        # With the set-up timeline so far (live_session_phase_seconds), and again complete
+        # with the first packet.
+        self._notify(
+            m.SessionState(
+                session.id, session.room.name, "connected", timeline=dict(session.timeline)
+            )
+        )
 
     def session_first_packet(self, session: Session) -> None:
-        self._notify(m.SessionState(session.id, session.room.name, "first_packet"))
+        self._notify(
+            m.SessionState(
+                session.id, session.room.name, "first_packet", timeline=dict(session.timeline)
+            )
+        )
 
     def session_closed(self, session: Session, reason: str) -> None:
         if isinstance(session, PublisherSession):

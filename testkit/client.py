@@ -20,7 +20,10 @@ Beyond plain VP8/H264 + Opus it has the knobs the interop tests turn:
   unit in its own packet (aiortc itself only does mode 1); --payload-bytes fills packets
   beyond aiortc's own size (GStreamer fills 1400 bytes);
 * --certificate rsa (what GStreamer's webrtcbin uses) and --setup active|passive (what
-  ffmpeg's WHIP muxer offers) instead of an ECDSA certificate and actpass.
+  ffmpeg's WHIP muxer offers) instead of an ECDSA certificate and actpass;
+* --video h265 (needs --all-codecs): HEVC Main from libx265, packetized per RFC 7798
+  (testkit/h265.py), an IDR every second whatever the keyframe requests; with
+  --all-codecs a viewer also decodes H265. Both report testkit.h265's counters ("h265").
 Those that patch aiortc (--all-codecs, mode 0, --payload-bytes) do so for the whole process.
 
 The protocol calls (post_offer, delete_session, wait_connected, rtp_stats) are also what the
@@ -62,6 +65,7 @@ from aiortc.rtcdtlstransport import RTCCertificate, generate_certificate
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from testkit import h265
 from testkit.media import H264_PROFILES, H264PacketTrack, PatternVideoTrack, SineAudioTrack
 
 log = logging.getLogger("testkit.client")
@@ -238,10 +242,12 @@ def allow_loopback_candidates() -> None:
 
 
 def offer_all_codecs() -> None:
-    """Offer every codec live-sfu forwards, as a browser does (for the whole process)."""
+    """Offer every codec live-sfu forwards, as a browser does (for the whole process), and
+    send and receive H265, which aiortc lacks (testkit.h265)."""
     from sfu.aiortc_adapter import install_negotiation
 
     install_negotiation()
+    h265.install()
 
 
 class SingleNalH264Encoder(H264Encoder):
@@ -401,6 +407,8 @@ async def publish(
         raise ValueError("packetization mode 0 and payload_bytes need an h264_profile")
     if h264_profile is not None and not all_codecs:
         raise ValueError("an h264_profile needs all_codecs (aiortc offers constrained baseline)")
+    if video == "h265" and not all_codecs:
+        raise ValueError("h265 needs all_codecs (aiortc alone has no H265)")
     if loopback or (loopback is None and _is_loopback(url)):
         allow_loopback_candidates()
     if all_codecs:
@@ -419,6 +427,12 @@ async def publish(
             plid = H264_PROFILES[h264_profile][1]
             match = {"profile-level-id": plid, "packetization-mode": str(packetization_mode)}
             prefer_codec(transceiver, "video/h264", match)
+        elif video == "h265":
+            h265.install(frame_rate=fps)
+            transceiver = pc.addTransceiver(
+                PatternVideoTrack(width, height, fps), direction="sendonly"
+            )
+            prefer_codec(transceiver, "video/h265", {"profile-id": "1"})  # Main: 8-bit 4:2:0
         elif video != "none":
             transceiver = pc.addTransceiver(
                 PatternVideoTrack(width, height, fps), direction="sendonly"
@@ -460,6 +474,7 @@ async def publish(
         "packets_sent": packets_sent,
         "keyframe_requests": keyframe_requests.count,
         "delete_status": delete_status,
+        **_h265_stats(session.answer),
     }
 
 
@@ -639,7 +654,15 @@ async def view(
         "delete_status": delete_status,
         "dropped": len(drops.dropped) if drops is not None else 0,
         "recovered": len(drops.recovered) if drops is not None else 0,
+        **_h265_stats(session.answer),
     }
+
+
+def _h265_stats(answer: str) -> dict[str, Any]:
+    """testkit.h265's counters, when the answer negotiated H265 video."""
+    if negotiated_codecs(answer).get("video", "").upper() != "H265":
+        return {}
+    return {"h265": h265.STATS.as_dict()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -664,7 +687,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--setup", choices=["actpass", "active", "passive"], default="actpass")
         p.add_argument("-v", "--verbose", action="store_true", help="debug logs on stderr")
     pub = sub.choices["publish"]
-    pub.add_argument("--video", choices=["vp8", "h264", "none"], default="vp8")
+    pub.add_argument("--video", choices=["vp8", "h264", "h265", "none"], default="vp8")
     pub.add_argument("--audio", choices=["opus", "none"], default="opus")
     pub.add_argument("--fps", type=int, default=30)
     pub.add_argument("--width", type=int, default=640)

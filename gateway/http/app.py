@@ -7,9 +7,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from common import tracing
+from gateway.cluster import setup_cluster
 from gateway.config import GatewayConfig
 from gateway.http import control, whep_events, whip_whep
-from gateway.http.auth import AUTH_KEY, Authenticator
+from gateway.http.auth import AUTH_KEY, Authenticator, setup_access
 from gateway.http.cors import ORIGINS_KEY, AllowedOrigins, cors_middleware
 from gateway.http.drain import DRAIN_KEY, Drain, drain_middleware
 from gateway.http.errors import error_middleware
@@ -20,6 +21,7 @@ from gateway.http.static import add_static_ui
 from gateway.http.tracing import tracing_middleware
 from gateway.metrics import COUNTERS_KEY, REGISTRY_KEY, metrics_handler, setup_metrics
 from gateway.placement.registry import Registry
+from gateway.webhooks import setup_webhooks
 
 RATE_LIMIT_KEY = web.AppKey("rate_limit", RateLimit)
 CONTROL_KEY = web.AppKey("control", control.ControlApi)
@@ -72,6 +74,7 @@ def make_app(config: GatewayConfig, registry: Registry) -> web.Application:
     app.middlewares.append(rate_limit_middleware(rate_limit, app[COUNTERS_KEY].rate_limited.inc))
     app[ORIGINS_KEY] = AllowedOrigins(config.http.allowed_origin)
     app[AUTH_KEY] = Authenticator(config)
+    setup_access(app)  # the auth hook's metrics and client (AUTH_HOOK_URL)
     api = whip_whep.Api(config, registry, drain)
     app[whip_whep.API_KEY] = api
     whip_whep.add_routes(app, api)
@@ -79,7 +82,11 @@ def make_app(config: GatewayConfig, registry: Registry) -> web.Application:
     whep_events.add_routes(app, hub)
     control_api = app[CONTROL_KEY] = control.ControlApi(config, registry, totals)
     control.add_routes(app, control_api)
+    if config.cluster.enabled:  # REDIS_URL: one node of several (gateway/cluster/)
+        node = setup_cluster(app, config, registry)
+        api.nodes, node.list_rooms = node, control_api.local_rooms
     setup_recordings(app, config)
+    setup_webhooks(app, config, registry.directory)  # WEBHOOK_URLS
     app.router.add_get("/api/openapi.json", openapi_handler)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)

@@ -3,11 +3,22 @@
 A credential is read from `X-Auth-Token` (when non-empty) or else `Authorization: Bearer`.
 Rooms are checked in live-webrtc-go's order:
 
-1. a room listed in ROOM_TOKENS takes its own token or a valid JWT (AUTH_TOKEN does not
+1. a room listed in ROOM_TOKENS takes its own tokens or a valid JWT (AUTH_TOKEN does not
    open it);
 2. otherwise, with AUTH_TOKEN set, AUTH_TOKEN or a valid JWT;
 3. otherwise, with JWT_SECRET set, a valid JWT;
 4. otherwise the room is open.
+
+Each grant has rights: publish (WHIP), play (WHEP), or both. A ROOM_TOKENS entry
+`room:token:publish` or `room:token:play` has one right, the old `room:token` both; a JWT's
+`grants` claim lists rooms with their rights (`{"room": "r1", "publish": false, "play":
+true}`, a list or one object; a right is granted only by `true`; when present it replaces
+the `room` claim), its `room` claim grants both in that room, neither claim both everywhere.
+AUTH_TOKEN grants both. With PLAY_OPEN anyone may play every room; publishing still needs a
+grant. A credential that grants the room but not the right gets 403 naming both.
+
+With AUTH_HOOK_URL (gateway/authhook.py) the hook decides publish and play instead of the
+tokens above (PLAY_OPEN still opens play without asking it); the admin API stays local.
 
 The admin API takes ADMIN_TOKEN or a valid JWT with `role: admin` or `admin: true`. With
 neither ADMIN_TOKEN nor JWT_SECRET configured there is no admin credential at all, and the
@@ -26,14 +37,20 @@ import hmac
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import jwt
 from aiohttp import web
 
+from gateway.authhook import AuthHook, HookRequest
 from gateway.config import GatewayConfig
 from gateway.http.errors import HttpError
+from gateway.http.ratelimit import client_address
 from gateway.metrics import COUNTERS_KEY
+from gateway.settings import ROOM_NAME_PATTERN
+
+Right = Literal["publish", "play"]
+RIGHTS: tuple[Right, ...] = ("publish", "play")
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +81,32 @@ def extract_token(request: web.Request) -> str | None:
 
 
 @dataclass(frozen=True)
+class Grant:
+    """The rights a credential has in one room."""
+
+    publish: bool
+    play: bool
+
+    def allows(self, right: Right) -> bool:
+        return self.publish if right == "publish" else self.play
+
+
+BOTH = Grant(publish=True, play=True)
+
+
+@dataclass(frozen=True)
 class Claims:
     """What a verified JWT grants."""
 
     room: str | None  # None: every room
     admin: bool
+    # The `grants` claim, room -> rights; None when the token has none (then `room` says).
+    grants: dict[str, Grant] | None = None
+
+    def grant_for(self, room: str) -> Grant | None:
+        if self.grants is not None:
+            return self.grants.get(room)
+        return BOTH if self.room is None or self.room == room else None
 
 
 class InvalidToken(Exception):
@@ -86,8 +124,24 @@ def forbidden(message: str, code: str = "forbidden") -> HttpError:
     return HttpError(403, code, message)
 
 
+class RedirectGrants(Protocol):
+    """Cluster (gateway/cluster/grant.py): the signed grant another node put in the 307 it
+    answered after checking the request's credential (clients drop `Authorization` on a
+    redirect to another host)."""
+
+    def accepts(self, request: web.Request, room: str, right: Right) -> bool:
+        """True: `request` carries a valid grant for `right` in `room` on this node; False: it
+        carries none; raises the 401 for one that is not valid."""
+        ...
+
+
 class Authenticator:
     def __init__(self, config: GatewayConfig) -> None:
+        # The hook's settings are restart-only: a reload keeps this one (and its cache).
+        access = config.access
+        self._hook = AuthHook(access) if access.auth_hook_url else None
+        # Set by gateway/cluster/ with NODE_TOKEN (restart-only, so a reload keeps it).
+        self.redirect_grants: RedirectGrants | None = None
         self.configure(config)
         # Said once in configure; PyJWT would otherwise warn on every verification.
         warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
@@ -98,7 +152,13 @@ class Authenticator:
         auth = config.auth
         self._auth_token = _digest(auth.auth_token) if auth.auth_token else None
         self._admin_token = _digest(auth.admin_token) if auth.admin_token else None
-        self._room_tokens = {room: _digest(t) for room, t in auth.room_tokens.items()}
+        # room -> [(token digest, its rights)]: several tokens per room, each with its rights.
+        self._room_tokens: dict[str, list[tuple[bytes, Grant]]] = {}
+        for entry in auth.room_grants:
+            grant = Grant(publish=entry.publish, play=entry.play)
+            self._room_tokens.setdefault(entry.room, []).append((_digest(entry.token), grant))
+        self._play_open = config.access.play_open
+        self._trusted_proxies = list(config.limits.trusted_proxies)
         self._jwt_secret = auth.jwt_secret
         self._jwt_audience = auth.jwt_audience or None
         self._jwt_algorithms = list(auth.jwt_algorithms)
@@ -146,7 +206,8 @@ class Authenticator:
         admin = (isinstance(role, str) and role.lower() == "admin") or (
             admin_claim is True or (type(admin_claim) is int and admin_claim == 1)
         )
-        return Claims(room=room or None, admin=admin)
+        grants = _grants_claim(payload["grants"]) if "grants" in payload else None
+        return Claims(room=room or None, admin=admin, grants=grants)
 
     def _static_match(self, token: str) -> tuple[bool, bool]:
         """(matches some configured static token, matches the admin token).
@@ -155,33 +216,89 @@ class Authenticator:
         """
         digest = _digest(token)
         known = _same(digest, self._auth_token)
-        for expected in self._room_tokens.values():
-            known |= _same(digest, expected)
+        for tokens in self._room_tokens.values():
+            for expected, _grant in tokens:
+                known |= _same(digest, expected)
         admin = _same(digest, self._admin_token)
         return known or admin, admin
 
+    def _room_token_grant(self, room: str, digest: bytes) -> Grant | None:
+        """The rights of the room token `digest` in `room` (None: not one of its tokens).
+        Every token of the room is compared, so timing does not tell which one matched."""
+        publish = play = matched = False
+        for expected, grant in self._room_tokens.get(room, ()):
+            same = _same(digest, expected)
+            matched |= same
+            publish |= same and grant.publish
+            play |= same and grant.play
+        return Grant(publish=publish, play=play) if matched else None
+
     # --- decisions ------------------------------------------------------------------------
 
-    def authorize_room(self, request: web.Request, room: str) -> None:
-        """Return if `request` may publish to or watch `room`; raise the 401/403 otherwise."""
-        if self.room_is_open(room):
+    @property
+    def hook(self) -> AuthHook | None:
+        return self._hook
+
+    def _client_ip(self, request: web.Request) -> str:
+        """The client's address (behind TRUSTED_PROXIES, from X-Forwarded-For); "" if none."""
+        forwarded = request.headers.getall("X-Forwarded-For", [])
+        address = client_address(request.remote, forwarded, self._trusted_proxies)
+        return str(address) if address is not None else ""
+
+    def play_is_open(self, right: Right) -> bool:
+        """PLAY_OPEN: anyone may play, without a credential and without asking the hook."""
+        return right == "play" and self._play_open
+
+    def authorize_room(self, request: web.Request, room: str, right: Right = "publish") -> None:
+        """Return if the static credentials (tokens, JWTs, PLAY_OPEN) let `request` use
+        `right` in `room`; raise the 401/403 otherwise. The auth hook is not consulted."""
+        if self.play_is_open(right) or self.room_is_open(room):
             return
         token = extract_token(request)
         if token is None:
             raise unauthorized(f"room {room!r} needs a token (Authorization: Bearer ...)")
         digest = _digest(token)
-        room_token = self._room_tokens.get(room)
-        if room_token is not None:
-            if _same(digest, room_token):
-                return
+        grant: Grant | None = None
+        if room in self._room_tokens:
+            grant = self._room_token_grant(room, digest)
         elif _same(digest, self._auth_token):
+            grant = BOTH
+        if grant is None:
+            known, _admin = self._static_match(token)
+            if known:
+                raise forbidden(f"this token does not grant room {room!r}")
+            grant = self._jwt_claims(token).grant_for(room)
+            if grant is None:
+                raise forbidden(f"this token is for another room, not {room!r}")
+        if not grant.allows(right):
+            other = "play" if right == "publish" else "publish"
+            raise forbidden(f"this credential may {other} room {room!r} but not {right}")
+
+    async def authorize_session(
+        self, request: web.Request, room: str, right: Right, protocol: str
+    ) -> None:
+        """A WHIP (publish) or WHEP (play) POST: PLAY_OPEN, then the auth hook when one is
+        configured, else the static credentials; raises the 401/403/503."""
+        if self.play_is_open(right):
             return
-        known, _admin = self._static_match(token)
-        if known:
-            raise forbidden(f"this token does not grant room {room!r}")
-        claims = self._jwt_claims(token)
-        if claims.room is not None and claims.room != room:
-            raise forbidden(f"this token is for another room, not {room!r}")
+        grants = self.redirect_grants  # cluster: a redirect's grant stands for the credential
+        if grants is not None and (self._hook is not None or not self.room_is_open(room)):
+            if grants.accepts(request, room, right):
+                return
+        if self._hook is None:
+            self.authorize_room(request, room, right)
+            return
+        await self._hook.check(
+            HookRequest(
+                action=right,
+                room=room,
+                protocol=protocol,
+                token=extract_token(request),
+                client_ip=self._client_ip(request),
+                user_agent=request.headers.get("User-Agent", ""),
+                query={key: request.query.get(key, "") for key in request.query},
+            )
+        )
 
     def _jwt_claims(self, token: str) -> Claims:
         """The claims of a token that is none of the static ones: a JWT, or 401."""
@@ -210,12 +327,44 @@ class Authenticator:
             raise forbidden("this token does not grant the admin API")
 
     def may_use_room(self, request: web.Request, room: str) -> bool:
-        """authorize_room as a yes/no, for answers that only add detail when allowed."""
-        try:
-            self.authorize_room(request, room)
-        except HttpError:
-            return False
-        return True
+        """May publish or play `room`, as a yes/no, for answers that only add detail when
+        allowed (TURN credentials). With the auth hook, only PLAY_OPEN or an allow of the
+        hook still cached for this credential and client say yes (the hook is not asked)."""
+        if self._hook is not None:
+            if self._play_open:
+                return True
+            client = self._client_ip(request)
+            return self._hook.allowed_recently(room, extract_token(request), client)
+        for right in RIGHTS:
+            try:
+                self.authorize_room(request, room, right)
+            except HttpError:
+                continue
+            return True
+        return False
+
+
+def _grants_claim(value: object) -> dict[str, Grant]:
+    """A JWT's `grants` claim, a list of {"room", "publish", "play"} objects or one object;
+    raises InvalidToken when it is malformed."""
+    items = [value] if isinstance(value, dict) else value
+    if not isinstance(items, list):
+        raise InvalidToken("the grants claim must be an object or a list of objects")
+    grants: dict[str, Grant] = {}
+    for item in items:
+        if not isinstance(item, dict):
+            raise InvalidToken("the grants claim must be an object or a list of objects")
+        room = item.get("room")
+        if not isinstance(room, str) or not ROOM_NAME_PATTERN.match(room):
+            raise InvalidToken("each grant needs a valid room")
+        rights = {name: item.get(name, False) for name in ("publish", "play")}
+        if any(not isinstance(v, bool) for v in rights.values()):
+            raise InvalidToken("publish and play in a grant must be true or false")
+        before = grants.get(room, Grant(publish=False, play=False))
+        grants[room] = Grant(
+            publish=before.publish or rights["publish"], play=before.play or rights["play"]
+        )
+    return grants
 
 
 def _jwt_reason(exc: jwt.PyJWTError) -> str:
@@ -252,13 +401,39 @@ def require_admin(request: web.Request) -> None:
         raise
 
 
-def require_room(request: web.Request, room: str) -> None:
-    """Raise the JSON 401/403 unless `request` may publish to or watch `room`."""
+def require_room(request: web.Request, room: str, right: Right = "publish") -> None:
+    """Raise the JSON 401/403 unless the static credentials let `request` use `right` in
+    `room` (the auth hook is not asked: see require_session)."""
     try:
-        request.app[AUTH_KEY].authorize_room(request, room)
+        request.app[AUTH_KEY].authorize_room(request, room, right)
     except HttpError as exc:
         _count_refusal(request, exc)
         raise
+
+
+async def require_session(request: web.Request, room: str, right: Right, protocol: str) -> None:
+    """A WHIP/WHEP POST: raise the JSON 401/403 (or the hook's 503) unless `request` may use
+    `right` in `room` (Authenticator.authorize_session)."""
+    try:
+        await request.app[AUTH_KEY].authorize_session(request, room, right, protocol)
+    except HttpError as exc:
+        _count_refusal(request, exc)
+        raise
+
+
+def setup_access(app: web.Application) -> None:
+    """The auth hook's metrics, and its HTTP client closed with the app."""
+    hook = app[AUTH_KEY].hook
+    if hook is None:
+        return
+    counters = app.get(COUNTERS_KEY)
+    if counters is not None:
+        hook.observe = counters.observe_auth_hook
+
+    async def close_hook(app: web.Application) -> None:
+        await hook.close()
+
+    app.on_cleanup.append(close_hook)
 
 
 def _count_refusal(request: web.Request, exc: HttpError) -> None:

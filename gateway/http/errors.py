@@ -63,6 +63,7 @@ def unavailable(code: str, message: str) -> HttpError:
 _REMOTE_STATUS: dict[FailureCode, int] = {
     "bad_offer": 400,
     "bad_candidate": 400,
+    "ice_not_connected": 409,
     "publisher_exists": 409,
     "no_room": 404,
     "unknown_session": 404,

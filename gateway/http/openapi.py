@@ -34,15 +34,19 @@ ERRORS: dict[int, str] = {
     404: "No such session, room, publisher or recording",
     405: "Method not allowed on this path (no operation answers it: see each path's methods)",
     408: "Request body not received in time",
-    409: "The room already has a publisher, or the event stream is already being read",
+    409: "The room already has a publisher, the event stream is already being read, an "
+    "ICE restart of a session whose ICE is not connected, or a session id prefix that names "
+    "several sessions",
     412: "If-Match does not match the session's ETag",
     413: "Request body larger than MAX_BODY_BYTES",
     415: "Wrong Content-Type",
-    422: "ICE restart requested (not supported: start a new session)",
     428: "PATCH without If-Match",
     429: "Rate limited (with Retry-After), too many sessions from this address, or too many "
     "event streams on a WHEP session",
-    503: "Temporarily unable: shutting down, no or busy media worker, worker timeout",
+    503: "Temporarily unable: shutting down, no or busy media worker, worker timeout, or the "
+    "auth hook (AUTH_HOOK_URL) failed, timed out or is unreachable; with several nodes, the "
+    "cluster's Redis is unreachable (cluster_unavailable) or a room moved while a redirect "
+    "was followed (room_moved)",
 }
 
 
@@ -126,6 +130,102 @@ WHEP_LINK = _header(
 )
 ACCEPT_POST = {"Accept-Post": _header("application/sdp", required=True)}
 ACCEPT_PATCH = {"Accept-Patch": _header(SDPFRAG, required=True)}
+# Several nodes (REDIS_URL, docs/cluster.md): where another node holds the room or session.
+REDIRECT = {
+    "description": "Several nodes: another node holds the room (or session). Location is the "
+    "same path and query on that node's NODE_URL, plus the hop marker ?node=<id>; a request "
+    "that carries the marker is never redirected again. Never 301/302. With NODE_TOKEN, a "
+    "redirected WHIP/WHEP POST also carries &grant=<payload>.<signature>: a signed, 30 s, "
+    "single-use grant for that room, right and node, which the target takes in place of the "
+    "credential clients drop across hosts (401 invalid_grant, grant_expired, "
+    "grant_other_node, grant_other_room, grant_other_right or grant_used when it is not "
+    "valid)",
+    "headers": {"Location": _header("Absolute URL on the node that holds it", required=True)},
+}
+
+
+# What the room's home measured of a track (sfu/roomstats.py), as of its last heartbeat;
+# rates over at least the last second. Absent until the home reported the track.
+TRACK_SUMMARY: Obj = {
+    "bitrateBps": {**INT, "description": "Received RTP bits per second (headers and RTX in)"},
+    "frameRate": {**NUMBER, "description": "Video: frames (marker bits) per second"},
+    "width": _nullable({**INT, "description": "Video: of the latest keyframe; null: unknown"}),
+    "height": _nullable(INT),
+}
+TRACK_DETAIL: Obj = {
+    **TRACK_SUMMARY,
+    "codecDetail": _string(description='e.g. "H264 (high, 64001f, packetization-mode=1)"'),
+    "packetsReceived": {**INT, "description": "Media packets from the publisher (not RTX)"},
+    "packetsLost": {
+        **INT,
+        "description": "Sequence gaps on the ingest leg (publisher to its worker), before "
+        "retransmission, since the track began",
+    },
+    "lossRatio": {**NUMBER, "description": "Lost / expected packets over the last second"},
+    "keyframes": INT,
+    "keyframeIntervalSeconds": _nullable(
+        {**NUMBER, "description": "Between the last two keyframes; null before the second"}
+    ),
+    "lastKeyframeSecondsAgo": _nullable(NUMBER),
+}
+
+
+def _room_schema(detailed: bool) -> Obj:
+    """RoomInfo (/api/rooms) or RoomDetail (/api/rooms/{room})."""
+    track = TRACK_DETAIL if detailed else TRACK_SUMMARY
+    required = [
+        "name",
+        "hasPublisher",
+        "publisherState",
+        "tracks",
+        "media",
+        "subscribers",
+        "worker",
+        "home",
+        "viewersPerWorker",
+    ]
+    extra: Obj = {}
+    if detailed:
+        required.append("publisher")
+        extra["publisher"] = _nullable(
+            _string(description="The first 8 characters of the publisher's session id")
+        )
+    return _object(
+        required,
+        {
+            "name": ROOM,
+            "hasPublisher": {"type": "boolean"},
+            "publisherState": _string(enum=["none", "connecting", "connected"]),
+            "tracks": INT,
+            "media": {
+                "type": "array",
+                "items": _object(
+                    ["kind", "codec"], {"kind": _string(), "codec": _string(), **track}
+                ),
+            },
+            "subscribers": INT,
+            "worker": _nullable(
+                _string(description="The room's home (same as home), kept for old clients")
+            ),
+            "home": _nullable(
+                _string(
+                    description="The worker of the room's publisher; null while the room "
+                    "waits for a new publisher after that worker died"
+                )
+            ),
+            "viewersPerWorker": {
+                "type": "object",
+                "additionalProperties": INT,
+                "description": "Subscribers by worker id: the home's and its edges' (other "
+                "local workers that read the home's packets from shared memory)",
+            },
+            "node": _string(
+                description="Several nodes (REDIS_URL): the room's home node (rooms of "
+                "other nodes as of their last heartbeat)"
+            ),
+            **extra,
+        },
+    )
 
 
 def _schemas() -> Obj:
@@ -133,43 +233,50 @@ def _schemas() -> Obj:
     return {
         "Error": _object(["error", "code"], {"error": _string(), "code": _string()}),
         "Room": ROOM,
-        "RoomInfo": _object(
-            [
-                "name",
-                "hasPublisher",
-                "publisherState",
-                "tracks",
-                "media",
-                "subscribers",
-                "worker",
-                "home",
-                "viewersPerWorker",
-            ],
+        "RoomInfo": _room_schema(detailed=False),
+        "RoomDetail": _room_schema(detailed=True),
+        "Session": _object(
+            ["id", "kind", "worker", "home", "client", "connected", "durationSeconds"],
             {
-                "name": ROOM,
-                "hasPublisher": {"type": "boolean"},
-                "publisherState": _string(enum=["none", "connecting", "connected"]),
-                "tracks": INT,
-                "media": {
-                    "type": "array",
-                    "items": _object(["kind", "codec"], {"kind": _string(), "codec": _string()}),
-                },
-                "subscribers": INT,
-                "worker": _nullable(
-                    _string(description="The room's home (same as home), kept for old clients")
-                ),
+                "id": _string(description="The first 8 characters of the session id"),
+                "kind": _string(enum=["publisher", "subscriber"]),
+                "worker": _string(),
                 "home": _nullable(
-                    _string(
-                        description="The worker of the room's publisher; null while the room "
-                        "waits for a new publisher after that worker died"
-                    )
+                    _string(description="A viewer on an edge: the worker it reads from")
                 ),
-                "viewersPerWorker": {
-                    "type": "object",
-                    "additionalProperties": INT,
-                    "description": "Subscribers by worker id: the home's and its edges' (other "
-                    "local workers that read the home's packets from shared memory)",
-                },
+                "client": _string(
+                    description="The client's address (an IPv6 client's /64), as the rate "
+                    "limits key it; behind TRUSTED_PROXIES, from X-Forwarded-For"
+                ),
+                "connected": {"type": "boolean"},
+                "durationSeconds": NUMBER,
+            },
+        ),
+        "SessionClosed": _object(
+            ["closed", "kind", "room"],
+            {
+                "closed": _string(description="The session id's first 8 characters"),
+                "kind": _string(enum=["publisher", "subscriber"]),
+                "room": ROOM,
+            },
+        ),
+        "Node": _object(
+            ["id", "url", "rooms", "sessions", "workers", "capacity", "draining", "self"],
+            {
+                "version": INT,
+                "id": _string(),
+                "url": _string(description="Its NODE_URL"),
+                "rooms": INT,
+                "sessions": INT,
+                "workers": INT,
+                "capacity": {**INT, "description": "Sessions it can take; 0 = no fixed limit"},
+                "cpu": NUMBER,
+                "draining": {"type": "boolean"},
+                "started": NUMBER,
+                "updated": NUMBER,
+                "roomNames": {"type": "array", "items": ROOM},
+                "self": {"type": "boolean", "description": "The node that answered"},
+                "lastHeartbeatSecondsAgo": NUMBER,
             },
         ),
         "IceServer": _object(
@@ -267,7 +374,12 @@ def _endpoint(kind: str, protocol: str, tag: str) -> Obj:
     created = _empty(
         f"Session created; the body is the SDP answer. Location: {session_prefix}{{id}}",
         {
-            "Location": _header("The session URL", required=True, pattern=f"^{session_prefix}"),
+            "Location": _header(
+                "The session URL: relative on a gateway alone, absolute on the node's NODE_URL "
+                "with several nodes",
+                required=True,
+                pattern=f"^(https?://[^?#]*)?{session_prefix}",
+            ),
             "ETag": _header("Strong ETag of the session (for If-Match)", required=True),
             "Link": WHEP_LINK if kind == "subscriber" else LINK,
         },
@@ -285,7 +397,7 @@ def _endpoint(kind: str, protocol: str, tag: str) -> Obj:
     return {
         "post": _op(
             f"{protocol}: send an SDP offer, get the answer and a session URL",
-            {"201": created, **_errors(*post_errors)},
+            {"201": created, "307": REDIRECT, **_errors(*post_errors)},
             requestBody={"required": True, "content": {SDP: {"schema": _string()}}},
             security=ROOM_SECURITY,
             **common,
@@ -313,30 +425,43 @@ def _session(protocol: str, tag: str) -> Obj:
         "in": "header",
         "required": True,
         "schema": _string(),
-        "description": "The session's ETag (428 without; `*` means an ICE restart: 422)",
+        "description": "The session's ETag (428 without); `*` for an ICE restart (RFC 9725)",
     }
     return {
         "patch": _op(
-            f"{protocol}: trickle ICE candidates (RFC 8840)",
+            f"{protocol}: trickle ICE candidates (RFC 8840), or an ICE restart (new "
+            "ice-ufrag and ice-pwd, RFC 9725 §4.3)",
             {
+                "200": {
+                    "description": "ICE restarted: the server's new credentials and candidates",
+                    "headers": {"ETag": _header("The session's new strong ETag", required=True)},
+                    "content": {SDPFRAG: {"schema": _string()}},
+                },
                 "204": _empty("Candidates forwarded"),
-                **_errors(400, 404, 408, 412, 413, 415, 422, 428, 503),
+                "307": REDIRECT,
+                **_errors(400, 404, 408, 409, 412, 413, 415, 428, 503),
             },
             requestBody={"required": True, "content": {SDPFRAG: {"schema": _string()}}},
             tags=[tag],
             parameters=[SESSION_PARAM, if_match],
         ),
         "delete": _op(
-            f"{protocol}: end the session", {"200": _empty("Ended"), **_errors(404)}, **common
+            f"{protocol}: end the session",
+            {"200": _empty("Ended"), "307": REDIRECT, **_errors(404)},
+            **common,
         ),
         "options": _op(
             f"{protocol}: Accept-Patch", {"204": _empty("No content", ACCEPT_PATCH)}, **common
         ),
         "get": _op(
-            f"{protocol}: 2xx without content", {"204": _empty("Exists"), **_errors(404)}, **common
+            f"{protocol}: 2xx without content",
+            {"204": _empty("Exists"), "307": REDIRECT, **_errors(404)},
+            **common,
         ),
         "head": _op(
-            f"{protocol}: 2xx without content", {"204": _empty("Exists"), **_errors(404)}, **common
+            f"{protocol}: 2xx without content",
+            {"204": _empty("Exists"), "307": REDIRECT, **_errors(404)},
+            **common,
         ),
     }
 
@@ -362,6 +487,7 @@ def _events() -> Obj:
                     "Event stream created",
                     {"Location": _header("The event stream URL", required=True)},
                 ),
+                "307": REDIRECT,
                 **_errors(400, 404, 408, 413, 415, 429),
             },
             requestBody={"required": True, "content": {JSON: {"schema": event_list}}},
@@ -369,7 +495,7 @@ def _events() -> Obj:
         ),
         "get": _op(
             "WHEP events: every offered event at once, without the POST (Broadcast Box style)",
-            {"200": stream, **_errors(404, 429)},
+            {"200": stream, "307": REDIRECT, **_errors(404, 429)},
             **common,
         ),
         "head": _op(
@@ -394,7 +520,11 @@ def _event_stream() -> Obj:
         "content": {"text/event-stream": {"schema": _string()}},
     }
     return {
-        "get": _op("WHEP events: read the stream", {"200": stream, **_errors(404, 409)}, **common),
+        "get": _op(
+            "WHEP events: read the stream",
+            {"200": stream, "307": REDIRECT, **_errors(404, 409)},
+            **common,
+        ),
         "head": _op(
             "WHEP events: the stream exists",
             {
@@ -462,7 +592,10 @@ def _paths() -> Obj:
         "required": False,
         "schema": _string(),
     }
-    readyz_503 = _json(_ref("schemas", "Error"), "Draining, or no media worker registered")
+    readyz_503 = _json(
+        _ref("schemas", "Error"),
+        "Draining, or no media worker registered, or (several nodes) Redis unreachable",
+    )
     openapi = _plain(
         "This document",
         {"200": {**_json({"type": "object"}), "headers": {"ETag": _header("Strong", True)}}},
@@ -486,6 +619,15 @@ def _paths() -> Obj:
             ),
             "options": _preflight("control"),
         },
+        "/api/rooms/{room}": {
+            "get": _op(
+                "One room of this node, with every figure its home measured of each track",
+                {"200": _json(_ref("schemas", "RoomDetail")), **_errors(400, 404, 429)},
+                tags=["control"],
+                parameters=[ROOM_PARAM],
+            ),
+            "options": _preflight("control", [ANY_ROOM_PARAM]),
+        },
         "/api/bootstrap": {
             "get": _op(
                 "What a web client needs before creating its RTCPeerConnection",
@@ -504,6 +646,15 @@ def _paths() -> Obj:
             ),
             "options": _preflight("admin"),
         },
+        "/api/admin/nodes": {
+            "get": _op(
+                "Several nodes (REDIS_URL): the cluster's nodes and their load; [] for a "
+                "gateway alone",
+                {"200": _json(_array("Node")), **_errors(401, 403, 429)},
+                **admin,
+            ),
+            "options": _preflight("admin"),
+        },
         "/api/admin/rooms/{room}/close": {
             "post": _op(
                 "Close a room and every session in it",
@@ -512,6 +663,36 @@ def _paths() -> Obj:
                 **admin,
             ),
             "options": _preflight("admin", [ANY_ROOM_PARAM]),
+        },
+        "/api/admin/rooms/{room}/sessions": {
+            "get": _op(
+                "A room's sessions on this node, with their client addresses (personal data: "
+                "admin only) and durations",
+                {"200": _json(_array("Session")), **_errors(400, 401, 403, 404, 429)},
+                parameters=[ROOM_PARAM],
+                **admin,
+            ),
+            "options": _preflight("admin", [ANY_ROOM_PARAM]),
+        },
+        "/api/admin/sessions/{session_id}": {
+            "delete": _op(
+                "Kick a session: closed on its worker and forgotten (its URL answers 404, its "
+                "WHEP event streams end)",
+                {
+                    "200": _json(_ref("schemas", "SessionClosed")),
+                    **_errors(401, 403, 404, 409, 429),
+                },
+                parameters=[
+                    _path_param(
+                        "session_id",
+                        _string(),
+                        "The session id, or a prefix of at least 8 characters that names one "
+                        "session (409 ambiguous_session when several)",
+                    )
+                ],
+                **admin,
+            ),
+            "options": _preflight("admin", [SESSION_PARAM]),
         },
         "/api/records": {
             "get": _op(

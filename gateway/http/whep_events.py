@@ -5,7 +5,8 @@ events="active,inactive,viewercount,reconnect"`. The player POSTs a JSON array o
 it wants there (201 + Location of a stream), then GETs the stream as `text/event-stream`;
 DELETE ends it, and it ends with its session. A GET straight on the events URL (Broadcast Box
 style, without the POST) is a stream of every offered event. The session URL is the
-capability, as for PATCH and DELETE: no token is consulted.
+capability, as for PATCH and DELETE: no token is consulted. With several nodes
+(gateway/cluster/), the events URLs of a session held by another node answer 307 to it.
 
 State comes from the Directory (`on_room_change`, called on every session reserved,
 connected or removed) and from the Drain (`reconnect` at its start, every stream ended when
@@ -29,7 +30,7 @@ from aiohttp import web
 from gateway.http.cors import add_cors
 from gateway.http.drain import Drain, read_bounded_body
 from gateway.http.errors import HttpError
-from gateway.placement.directory import Directory
+from gateway.placement.directory import Directory, NodeDirectory, SingleNode
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ class EventHub:
         self._by_room: dict[str, set[str]] = {}
         self._viewercount_flush: dict[str, asyncio.TimerHandle] = {}
         self._reconnect_sent = False
+        # Cluster (issue 13): a session held by another node is answered 307 there.
+        self.nodes: NodeDirectory = SingleNode()
         directory.on_room_change = self.room_changed
         drain.on_start.append(self.reconnect_all)
         drain.on_close.append(self.close_all)
@@ -232,6 +235,18 @@ class EventHub:
             raise HttpError(404, "unknown_session", "no such session")
         return session_id, session.room
 
+    async def _elsewhere(self, request: web.Request) -> web.Response | None:
+        """Cluster (issue 13): the 307 to the node that holds the session, when this one does
+        not (as for the session's PATCH/DELETE: a player that resolved the relative events
+        URL against the first node it posted to lands here); None: served (or 404) here."""
+        session_id = request.match_info["session_id"]
+        if self.directory.get_session(session_id) is not None:
+            return None
+        location = await self.nodes.route_session(session_id, request.path_qs)
+        if location is None:
+            return None
+        return web.Response(status=307, headers={"Location": location, "Cache-Control": "no-store"})
+
     # --- handlers ---------------------------------------------------------------------------
 
     async def events(self, request: web.Request) -> web.StreamResponse:
@@ -242,6 +257,9 @@ class EventHub:
             return web.Response(status=204, headers={"Accept-Post": JSON_TYPE})
         if method not in EVENTS_METHODS:
             raise _method_not_allowed(EVENTS_METHODS)
+        redirect = await self._elsewhere(request)  # cluster
+        if redirect is not None:
+            return redirect
         session_id, room = self._whep_session(request)
         if method == "HEAD":
             return web.Response(status=200, content_type="text/event-stream")
@@ -269,6 +287,9 @@ class EventHub:
             raise _method_not_allowed(STREAM_METHODS)
         stream = self.streams.get(request.match_info["stream_id"])
         if stream is None or stream.session_id != request.match_info["session_id"]:
+            redirect = await self._elsewhere(request)  # cluster
+            if redirect is not None:
+                return redirect
             raise HttpError(404, "unknown_event_stream", "no such event stream")
         if method == "DELETE":
             self._remove(stream)

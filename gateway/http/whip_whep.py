@@ -10,7 +10,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from functools import partial
 from typing import Any
 
@@ -19,13 +19,18 @@ from multidict import CIMultiDict
 
 from gateway.config import GatewayConfig, IceConfig
 from gateway.http import whep_events
-from gateway.http.auth import AUTH_KEY, require_room
+from gateway.http.auth import AUTH_KEY, require_session
 from gateway.http.control import turn_credentials
 from gateway.http.drain import Drain, read_bounded_body
 from gateway.http.errors import RETRY_AFTER_SECONDS, HttpError, json_error, unavailable
 from gateway.http.ratelimit import request_client_key
 from gateway.metrics import COUNTERS_KEY
-from gateway.placement.directory import SessionDirectory, SessionEntry
+from gateway.placement.directory import (
+    NodeDirectory,
+    SessionDirectory,
+    SessionEntry,
+    SingleNode,
+)
 from gateway.placement.registry import Registry
 from gateway.sdpfrag import SdpFragment, parse_sdpfrag, summarize_offer
 from gateway.settings import ROOM_NAME_PATTERN
@@ -114,6 +119,10 @@ class Api:
         self.directory: SessionDirectory = registry.directory
         self.drain = drain
         self._background: set[asyncio.Task[None]] = set()
+        # Called once a session was created (its 201 is being sent): webhooks' *_joined.
+        self.on_session_created: Callable[[SessionEntry], None] = _ignore_session
+        # Cluster (issue 13): which node serves a room or session; one node unless REDIS_URL.
+        self.nodes: NodeDirectory = SingleNode()
 
     @property
     def draining(self) -> bool:
@@ -153,17 +162,25 @@ class Api:
     async def _create_session(self, kind: SessionKind, request: web.Request) -> web.Response:
         received = time.monotonic()  # live_session_setup_seconds: from here to the 201
         room = request.match_info["room"]
-        require_room(request, room)
+        if kind == "publisher":
+            await require_session(request, room, "publish", "whip")
+        else:
+            await require_session(request, room, "play", "whep")
         _check_content_type(request, SDP)
         offer = await read_bounded_body(request, self.config.http.max_body_bytes)
         try:
             summary = summarize_offer(offer)
         except ValueError as exc:
             raise HttpError(400, "bad_offer", str(exc)) from None
+        # --- cluster: a room served by another node is answered 307 there (issue 13) ---
+        redirect = await self.nodes.route_endpoint(kind, room, request.path_qs)
+        if redirect is not None:
+            return temporary_redirect(redirect)
+        # ---
         if self.draining:
             raise unavailable("shutting_down", "the gateway is shutting down")
         await self._await_first_worker()
-        session_id, etag = new_session_id(), new_etag()
+        session_id, etag = self.nodes.new_session_id(), new_etag()
         ufrag, pwd = summary.ice_ufrag or "", summary.ice_pwd or ""
         client = request_client_key(request, self.config.limits.trusted_proxies)
         self._check_caps(request, room, client, kind)
@@ -187,6 +204,7 @@ class Api:
         if self.directory.get_session(session_id) is None:
             # Its worker died (or closed it) while the answer was on its way.
             raise unavailable("worker_gone", "the media worker went away; try again")
+        self.on_session_created(session)
         log.info(
             "%s %s in room %s on %s%s",
             kind,
@@ -200,7 +218,7 @@ class Api:
             # Viewers of the room on other workers (edges) read their media from this one now.
             self._in_background(self.registry.follow_room(room))
         headers: CIMultiDict[str] = CIMultiDict()
-        headers["Location"] = PREFIXES[kind][1] + session_id
+        headers["Location"] = self.nodes.location(PREFIXES[kind][1] + session_id)  # cluster
         headers["ETag"] = etag
         for link in ice_server_links(self.config.ice, room):
             headers.add("Link", link)
@@ -309,6 +327,12 @@ class Api:
         if method not in SESSION_METHODS:
             raise _method_not_allowed(SESSION_METHODS)
         session = self.directory.get_session(request.match_info["session_id"])
+        if session is None:
+            # --- cluster: a session held by another node is answered 307 there (issue 13) ---
+            session_id = request.match_info["session_id"]
+            redirect = await self.nodes.route_session(session_id, request.path_qs)
+            if redirect is not None:
+                return temporary_redirect(redirect)
         if session is None or session.kind != kind:
             raise HttpError(404, "unknown_session", "no such session")
         if method == "DELETE":
@@ -338,16 +362,31 @@ class Api:
             fragment = parse_sdpfrag(text)
         except ValueError as exc:
             raise HttpError(400, "bad_fragment", str(exc)) from None
-        if if_match.strip() == "*" or _is_ice_restart(fragment, session):
-            raise HttpError(
-                422,
-                "ice_restart_unsupported",
-                "ICE restart is not supported; start a new session",
-            )
-        if not etag_matches(if_match, session.etag):
+        restart = _is_ice_restart(fragment, session)
+        if if_match.strip() == "*":
+            # RFC 9725 §4.3.2: "*" only ever asks for a restart, which needs new credentials.
+            if not restart:
+                raise HttpError(
+                    400,
+                    "bad_fragment",
+                    "If-Match: * is for an ICE restart; the fragment needs a new ice-ufrag "
+                    "and ice-pwd",
+                )
+        elif not etag_matches(if_match, session.etag):
             raise HttpError(412, "precondition_failed", "If-Match does not match the session ETag")
-        await self.registry.add_candidates(session, fragment)
-        return web.Response(status=204)
+        if not restart:
+            await self.registry.add_candidates(session, fragment)
+            return web.Response(status=204)
+        if not fragment.ice_ufrag or not fragment.ice_pwd:
+            raise HttpError(400, "bad_fragment", "an ICE restart needs both ice-ufrag and ice-pwd")
+        body = await self.registry.restart_ice(session, fragment)
+        session.ice_ufrag, session.ice_pwd = fragment.ice_ufrag, fragment.ice_pwd
+        session.etag = new_etag()
+        return web.Response(
+            status=200,
+            body=body.encode(),
+            headers={"Content-Type": SDPFRAG, "ETag": session.etag},
+        )
 
     # --- health ----------------------------------------------------------------------------
 
@@ -359,7 +398,19 @@ class Api:
             return json_error(503, "shutting_down", "the gateway is shutting down")
         if self.registry.live_worker_count() == 0:
             return json_error(503, "no_worker", "no media worker is registered")
+        cluster_problem = self.nodes.not_ready()  # cluster: Redis unreachable
+        if cluster_problem is not None:
+            return json_error(503, "cluster_unavailable", cluster_problem)
         return web.Response(text="ready")
+
+
+def _ignore_session(_session: SessionEntry) -> None:
+    return None
+
+
+def temporary_redirect(location: str) -> web.Response:
+    """Cluster (issue 13): 307, never 301/302, which turn a POST into a GET (RFC 9725 §4.4)."""
+    return web.Response(status=307, headers={"Location": location, "Cache-Control": "no-store"})
 
 
 def _is_ice_restart(fragment: SdpFragment, session: SessionEntry) -> bool:

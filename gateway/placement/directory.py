@@ -11,6 +11,7 @@ reservation atomic in the same way.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -155,6 +156,10 @@ def _ignore_room(_room: str) -> None:
     return None
 
 
+def _ignore_session(_session: SessionEntry) -> None:
+    return None
+
+
 class Directory:
     """The in-memory SessionDirectory of one gateway, plus the worker bookkeeping the
     registry does.
@@ -175,6 +180,9 @@ class Directory:
         # Called with the room's name after one of its sessions was reserved, connected or
         # removed (the WHEP events extension watches rooms through it).
         self.on_room_change: Callable[[str], None] = _ignore_room
+        # Called with each session removed, after its room was updated (or dropped): the
+        # webhooks' *_left and room_finished (gateway/webhooks/).
+        self.on_session_removed: Callable[[SessionEntry], None] = _ignore_session
 
     # --- workers ------------------------------------------------------------------------
 
@@ -394,6 +402,7 @@ class Directory:
             if entry.empty:
                 del self.rooms[session.room]
         self.on_room_change(session.room)
+        self.on_session_removed(session)
         return session
 
     def mark_connected(self, session_id: str) -> bool:
@@ -406,3 +415,64 @@ class Directory:
 
     def sessions_of_worker(self, worker_id: str) -> Iterable[SessionEntry]:
         return [s for s in self.sessions.values() if s.worker_id == worker_id]
+
+
+# --- nodes (issue 13): which gateway serves a room -------------------------------------------
+
+
+class NodeDirectory(Protocol):
+    """Which node (gateway) serves a room or a session, above the per-node SessionDirectory.
+
+    `SingleNode` (the default: one gateway, no shared state) serves everything here;
+    gateway/cluster/ implements it over Redis for several nodes. The WHIP/WHEP handlers ask
+    it before placing a session on a local worker: None means "serve it here", a URL means
+    "307 there". Its refusals (the shared directory unreachable, a room that moved while a
+    redirect was on its way) are raised as gateway.http.errors.HttpError.
+    """
+
+    @property
+    def node_id(self) -> str: ...
+
+    def new_session_id(self) -> str:
+        """A new session id: 192 random bits (the URL is the session's credential), prefixed
+        by the node's id when there are several, so that any node can tell the holder."""
+        ...
+
+    def location(self, path: str) -> str:
+        """The Location of a resource at `path` on this node (absolute with several nodes)."""
+        ...
+
+    async def route_endpoint(self, kind: SessionKind, room: str, target: str) -> str | None:
+        """For a WHIP/WHEP POST of `room` (`target`: its path and query): None to serve it
+        here, or the absolute URL of the node to redirect it to (307)."""
+        ...
+
+    async def route_session(self, session_id: str, target: str) -> str | None:
+        """For a request on a session this node does not hold: the URL of the node that holds
+        it (307), or None (404 here)."""
+        ...
+
+    def not_ready(self) -> str | None:
+        """Why this node cannot take new rooms now (/readyz says it), or None."""
+        ...
+
+
+class SingleNode:
+    """The NodeDirectory of a gateway alone: everything is served here, Locations relative."""
+
+    node_id = ""
+
+    def new_session_id(self) -> str:
+        return secrets.token_urlsafe(24)
+
+    def location(self, path: str) -> str:
+        return path
+
+    async def route_endpoint(self, kind: SessionKind, room: str, target: str) -> str | None:
+        return None
+
+    async def route_session(self, session_id: str, target: str) -> str | None:
+        return None
+
+    def not_ready(self) -> str | None:
+        return None

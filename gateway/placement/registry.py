@@ -15,7 +15,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from common import tracing
 from gateway.config import GatewayConfig
@@ -24,6 +24,7 @@ from gateway.sdpfrag import SdpFragment
 from ipc.channel import Channel, IpcError, PeerGone, RemoteFailure
 from ipc.messages import (
     PROTOCOL_VERSION,
+    TIMELINE_MARKS,
     AddCandidates,
     CloseRoom,
     CloseSession,
@@ -33,9 +34,11 @@ from ipc.messages import (
     Heartbeat,
     HeartbeatAck,
     Hello,
+    IceRestarted,
     Message,
     OpenSession,
     Reregister,
+    RestartIce,
     SessionAnswer,
     SessionState,
     SetLogLevel,
@@ -61,8 +64,22 @@ def _ignore_heartbeat(_worker: WorkerInfo, _heartbeat: Heartbeat) -> None:
     return None
 
 
-def _ignore_session(_session: SessionEntry) -> None:
+def _ignore_session(_session: SessionEntry, _timeline: Mapping[str, float]) -> None:
     return None
+
+
+# The longest set-up a timeline mark may report (a worker's clock gone wrong says more).
+MAX_TIMELINE_S = 3600.0
+
+
+def _timeline(reported: Mapping[str, float]) -> dict[str, float]:
+    """A worker's timeline marks, only those of TIMELINE_MARKS, each a finite number of
+    seconds between 0 and MAX_TIMELINE_S."""
+    return {
+        mark: float(seconds)
+        for mark, seconds in reported.items()
+        if mark in TIMELINE_MARKS and 0.0 <= seconds <= MAX_TIMELINE_S
+    }
 
 
 class UnexpectedAnswer(IpcError):
@@ -94,10 +111,11 @@ class Registry:
         self.on_worker_lost: Callable[[str], None] = _ignore
         # Metrics (gateway/metrics.py) read every heartbeat's counters.
         self.on_heartbeat: Callable[[WorkerInfo, Heartbeat], None] = _ignore_heartbeat
-        # ...and each session's first "connected" report (live_session_connect_seconds).
-        self.on_connected: Callable[[SessionEntry], None] = _ignore_session
+        # ...and each session's first "connected" report (live_session_connect_seconds),
+        # with its set-up timeline so far (live_session_phase_seconds)...
+        self.on_connected: Callable[[SessionEntry, Mapping[str, float]], None] = _ignore_session
         # ...and its first packet (live_session_first_packet_seconds), once per session.
-        self.on_first_packet: Callable[[SessionEntry], None] = _ignore_session
+        self.on_first_packet: Callable[[SessionEntry, Mapping[str, float]], None] = _ignore_session
         # Sessions deleted while their worker was unresponsive: closed when it is back.
         self._deferred_closes: dict[str, set[str]] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -221,9 +239,9 @@ class Registry:
             first = not session.connected
             self.directory.mark_connected(body.session_id)
             if first:
-                self.on_connected(session)
+                self.on_connected(session, _timeline(body.timeline))
         elif body.state == "first_packet":
-            self.on_first_packet(session)
+            self.on_first_packet(session, _timeline(body.timeline))
 
     # --- death ----------------------------------------------------------------------------
 
@@ -331,6 +349,27 @@ class Registry:
             if not isinstance(answer, SessionAnswer):
                 raise UnexpectedAnswer(f"worker answered {type(answer).__name__} to an open")
             return answer
+
+    async def restart_ice(self, session: SessionEntry, fragment: SdpFragment) -> str:
+        """RFC 9725 §4.3 ICE restart on the session's worker; returns our sdpfrag. The
+        client's candidates go with it (those of the bundle's tag, or all when untagged)."""
+        mids = [mid for mid, _ in fragment.candidates]
+        mid = mids[0] if mids else None
+        candidates = [value for value_mid, value in fragment.candidates if value_mid == mid]
+        answer = await self._request(
+            session.worker_id,
+            RestartIce(
+                session.session_id,
+                fragment.ice_ufrag or "",
+                fragment.ice_pwd or "",
+                candidates,
+                mid,
+                fragment.end_of_candidates,
+            ),
+        )
+        if not isinstance(answer, IceRestarted):
+            raise UnexpectedAnswer(f"worker answered {type(answer).__name__} to an ICE restart")
+        return answer.fragment
 
     async def add_candidates(self, session: SessionEntry, fragment: SdpFragment) -> None:
         """One AddCandidates per media section; with BUNDLE that is nearly always one."""

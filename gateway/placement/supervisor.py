@@ -4,8 +4,10 @@ A local worker gets every setting on its command line, written through the worke
 settings table (common/worker_settings.py) from the gateway's configuration; none reaches it
 through the environment, which is stripped of every variable either table names.
 
-One slot per worker: a slot keeps its worker id and its UDP port sub-range across respawns,
-so a replacement worker binds the same ports. A worker that dies before it ever registered
+One slot per worker: a slot keeps its worker id and its UDP port sub-range (or its
+UDP_MUX_PORT/TCP_MUX_PORT + index) across respawns, so a replacement worker binds the same
+ports. Before the first spawn, the supervisor asks STUN_DISCOVER once and logs the one line of
+what the workers announce (common/reach.py). A worker that dies before it ever registered
 is a boot failure: retried with exponential backoff, and after MAX_BOOT_FAILURES in a row the
 slot is given up. Nothing here ever loops tightly.
 """
@@ -20,11 +22,11 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import worker_settings
+from common import reach, worker_settings
 from common.worker_settings import WorkerSettings
 from gateway import settings as gateway_settings
 from gateway.config import GatewayConfig
@@ -61,6 +63,8 @@ class Slot:
     registered: bool = False
     boot_failures: int = 0
     given_up: bool = False
+    udp_mux_port: int | None = None  # UDP_MUX_PORT + index
+    tcp_mux_port: int | None = None  # TCP_MUX_PORT + index
 
     @property
     def worker_id(self) -> str:
@@ -94,10 +98,16 @@ def new_plane_name() -> str:
 
 
 def local_worker_settings(
-    config: GatewayConfig, slot: Slot, connect: str, plane: str
+    config: GatewayConfig,
+    slot: Slot,
+    connect: str,
+    plane: str,
+    public_ips: Sequence[str] | None = None,
 ) -> WorkerSettings:
     """What the local worker of `slot` runs with: the gateway's own settings for them, and
-    the plane every local worker of this gateway shares (remote workers have none)."""
+    the plane every local worker of this gateway shares (remote workers have none).
+    `public_ips`: PUBLIC_IP with what STUN_DISCOVER found, which the gateway asked once for
+    all its workers (None: PUBLIC_IP as configured)."""
     media = config.media
     return WorkerSettings(
         connect=connect,
@@ -105,7 +115,7 @@ def local_worker_settings(
         worker_token="",  # local workers prove themselves by their pid instead
         udp_ports=slot.udp_ports,
         bind_addresses=media.bind_addresses,
-        public_ip=media.public_ip,
+        public_ip=list(media.public_ip if public_ips is None else public_ips),
         session_connect_timeout=media.session_connect_timeout,
         instant_start=media.instant_start,
         instant_start_max_bytes=media.instant_start_max_bytes,
@@ -113,17 +123,28 @@ def local_worker_settings(
         # Absolute: the gateway's uploader and its workers must see the same directory.
         record_dir=os.path.abspath(config.recording.record_dir),
         transport_cc=media.transport_cc,
+        cert_rotate=media.cert_rotate,
         gateway_timeout=config.workers.gateway_timeout,
         parent_pid=os.getpid(),
         plane=plane,
         log_level=config.observability.log_level,
         log_format=config.observability.log_format,
+        udp_mux_port=slot.udp_mux_port,
+        tcp_mux_port=slot.tcp_mux_port,
+        bind_interfaces=media.bind_interfaces,
+        stun_discover="",  # asked by the gateway, once: `public_ips`
     )
 
 
-def worker_command(config: GatewayConfig, slot: Slot, connect: str, plane: str) -> list[str]:
+def worker_command(
+    config: GatewayConfig,
+    slot: Slot,
+    connect: str,
+    plane: str,
+    public_ips: Sequence[str] | None = None,
+) -> list[str]:
     """The command line of one local worker; flags with an empty value are left out."""
-    settings = local_worker_settings(config, slot, connect, plane)
+    settings = local_worker_settings(config, slot, connect, plane, public_ips)
     return [sys.executable, "-m", "sfu", *worker_settings.to_argv(settings)]
 
 
@@ -162,13 +183,56 @@ class Supervisor:
             port_ranges = list(split_port_range(udp_ports, count))
         else:
             port_ranges = [None] * count
-        self.slots = [Slot(index, ports) for index, ports in enumerate(port_ranges)]
+        media = config.media
+        self.slots = [
+            Slot(
+                index,
+                ports,
+                udp_mux_port=None if media.udp_mux_port is None else media.udp_mux_port + index,
+                tcp_mux_port=None if media.tcp_mux_port is None else media.tcp_mux_port + index,
+            )
+            for index, ports in enumerate(port_ranges)
+        ]
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        # PUBLIC_IP, with what STUN_DISCOVER found once at start (_prepare) for every worker.
+        self.public_ips: list[str] = list(media.public_ip)
+        self._prepared = asyncio.Event()
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._run_slot(slot)) for slot in self.slots]
+        self._tasks = [loop.create_task(self._prepare())]
+        self._tasks += [loop.create_task(self._run_slot(slot)) for slot in self.slots]
+
+    async def _prepare(self) -> None:
+        """Before the first worker starts: the public address (STUN_DISCOVER, one request,
+        3 s at most, a failure only warns) and the one line saying what is announced."""
+        try:
+            media = self.config.media
+            host = reach.select_host_addresses(
+                reach.system_interfaces(), media.bind_addresses, media.bind_interfaces
+            )
+            found = None
+            if media.stun_discover:
+                found = await asyncio.to_thread(
+                    reach.discover_from, media.stun_discover, media.udp_mux_port
+                )
+                warning = reach.discovery_warning(media.public_ip, host.addresses, found)
+                if warning is not None:
+                    log.warning("%s", warning)
+                warning = reach.port_warning(found, media.udp_mux_port, self.config.workers.count)
+                if warning is not None:
+                    log.warning("%s", warning)
+            self.public_ips = reach.with_discovered(media.public_ip, host.addresses, found)
+            source = reach.public_source(media.public_ip, self.public_ips)
+            ports = reach.MediaPorts(
+                self.config.workers.count, media.udp_mux_port, media.tcp_mux_port, media.udp_ports
+            )
+            log.info("%s", reach.summary_line(host, self.public_ips, ports, source))
+        except Exception:  # the workers must start whatever this says
+            log.exception("media address check failed")
+        finally:
+            self._prepared.set()
 
     # --- hooks for the registry -----------------------------------------------------------
 
@@ -210,7 +274,8 @@ class Supervisor:
     # --- the slot loop --------------------------------------------------------------------
 
     async def _spawn(self, slot: Slot) -> asyncio.subprocess.Process | None:
-        command = worker_command(self.config, slot, self.connect, self.plane)
+        await self._prepared.wait()
+        command = worker_command(self.config, slot, self.connect, self.plane, self.public_ips)
         try:
             return await asyncio.create_subprocess_exec(
                 *command,

@@ -50,6 +50,31 @@ const sfu = {
     return headers;
   },
 
+  // The STUN/TURN servers the server tells clients about (/api/bootstrap: TURN credentials
+  // only for a room the token opens). Without them a browser behind NAT offers only host
+  // candidates. A failed bootstrap is not fatal: the page goes on without ICE servers.
+  async iceServers(room, token) {
+    try {
+      const url = new URL("/api/bootstrap", location.origin);
+      if (room) url.searchParams.set("room", room);
+      const resp = await fetch(url.href, { headers: sfu.headers(token) });
+      if (!resp.ok) throw new Error(await sfu.describeError(resp));
+      const body = await resp.json();
+      return Array.isArray(body.iceServers) ? body.iceServers : [];
+    } catch (err) {
+      console.warn(`bootstrap failed (${err.message || err}); no STUN/TURN servers`);
+      return [];
+    }
+  },
+
+  // The page's RTCPeerConnection, with the bootstrap's ICE servers (window.sfuIceServers
+  // shows them to the tests and to a curious operator's console).
+  async newPeerConnection(room, token) {
+    const iceServers = await sfu.iceServers(room, token);
+    window.sfuIceServers = iceServers;
+    return new RTCPeerConnection({ iceServers });
+  },
+
   // The server cannot trickle and we do not PATCH, so the offer must carry our candidates.
   // Cap the wait: Chromium can take seconds to finish gathering on hosts with odd interfaces,
   // and the host candidates are already in the SDP by then.
@@ -115,6 +140,79 @@ const sfu = {
 
   trackConnectionState(pc) {
     pc.addEventListener("connectionstatechange", () => sfu.setState(pc.connectionState));
+  },
+
+  // RFC 9725 §4.3 ICE restart: new credentials and candidates in a PATCH with If-Match: *,
+  // the server's new ones in the 200 (an sdpfrag), applied as the new answer. DTLS and the
+  // media go on; only the ICE session is new. Updates session.etag; returns the HTTP status.
+  async restartIce(pc, session, token) {
+    pc.restartIce();
+    await pc.setLocalDescription(await pc.createOffer());
+    await sfu.waitForIceGathering(pc);
+    const offer = pc.localDescription.sdp;
+    const value = (sdp, name) => (sdp.match(new RegExp(`^a=${name}:(.*)$`, "m")) || [])[1];
+    const mid = value(offer, "mid") || "0";
+    const mline = offer.split("\r\n").find((line) => line.startsWith("m=")) || "m=audio 9 UDP/TLS/RTP/SAVPF 0";
+    const candidates = offer.split("\r\n").filter((line) => line.startsWith("a=candidate:"));
+    const fragment = [
+      `a=ice-ufrag:${value(offer, "ice-ufrag")}`,
+      `a=ice-pwd:${value(offer, "ice-pwd")}`,
+      mline,
+      `a=mid:${mid}`,
+      ...candidates,
+      "a=end-of-candidates",
+      "",
+    ].join("\r\n");
+    const resp = await fetch(session.location, {
+      method: "PATCH",
+      headers: { ...sfu.headers(token, "application/trickle-ice-sdpfrag"), "If-Match": "*" },
+      body: fragment,
+    });
+    if (resp.status !== 200) {
+      // The server keeps the old ICE session (RFC 9725): go back to it.
+      const message = await sfu.describeError(resp);
+      await pc.setLocalDescription({ type: "rollback" });
+      throw new Error(`ICE restart refused: ${message}`);
+    }
+    const answerFragment = await resp.text();
+    session.etag = resp.headers.get("ETag");
+    // The new answer: the previous one with the server's new credentials and candidates.
+    const ufrag = value(answerFragment, "ice-ufrag");
+    const pwd = value(answerFragment, "ice-pwd");
+    const serverCandidates = answerFragment.split("\r\n").filter((l) => l.startsWith("a=candidate:"));
+    const lines = [];
+    for (const line of pc.remoteDescription.sdp.split("\r\n")) {
+      if (line.startsWith("a=candidate:") || line === "a=end-of-candidates") continue;
+      if (line.startsWith("a=ice-ufrag:")) lines.push(`a=ice-ufrag:${ufrag}`);
+      else if (line.startsWith("a=ice-pwd:")) {
+        lines.push(`a=ice-pwd:${pwd}`, ...serverCandidates, "a=end-of-candidates");
+      } else lines.push(line);
+    }
+    await pc.setRemoteDescription({ type: "answer", sdp: lines.join("\r\n") });
+    return resp.status;
+  },
+
+  // A network change (Wi-Fi to cellular, a NAT that forgot us) fails ICE: restart it once per
+  // failure instead of dropping the session; window.sfuRestartIce lets a user or test ask.
+  restartOnFailure(pc, getSession, token) {
+    let restarting = false;
+    const restart = async () => {
+      const session = getSession();
+      if (restarting || !session || pc.connectionState === "closed") return null;
+      restarting = true;
+      try {
+        return await sfu.restartIce(pc, session, token);
+      } catch (err) {
+        console.warn(String(err.message || err));
+        return null;
+      } finally {
+        restarting = false;
+      }
+    };
+    pc.addEventListener("iceconnectionstatechange", () => {
+      if (pc.iceConnectionState === "failed") restart();
+    });
+    window.sfuRestartIce = restart;
   },
 };
 

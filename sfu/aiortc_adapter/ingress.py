@@ -48,6 +48,13 @@ def bundle_transport(pc: RTCPeerConnection) -> RTCDtlsTransport:
     return transceivers[0].receiver.transport
 
 
+def ice_connection(pc: RTCPeerConnection) -> object:
+    """The aioice Connection of `pc`'s bundle, as an opaque key (what IceMux.on_rebinding
+    names)."""
+    connection: object = bundle_transport(pc).transport._connection
+    return connection
+
+
 def remote_candidate_count(pc: RTCPeerConnection) -> int:
     """Remote candidates aioice accepted (signalled, or learned as peer-reflexive)."""
     connection = bundle_transport(pc).transport._connection

@@ -55,6 +55,9 @@ _H264_PROFILE_LEVEL_IDS = (
     "6e001f",  # high 10
     "7a001f",  # high 4:2:2
 )
+# H265 (RFC 7798) in Main and Main 10, single RTP stream; level 3.1 (93) like aiortc's H264
+# entries: answers echo the client's level-id and tier-flag (sfu.sdp.echo_h264_levels).
+_H265_PROFILE_IDS = ("1", "2")
 _EXTRA_VIDEO_FORMATS: tuple[tuple[str, dict[str, str]], ...] = (
     ("video/VP9", {"profile-id": "0"}),
     ("video/VP9", {"profile-id": "2"}),
@@ -70,6 +73,14 @@ _EXTRA_VIDEO_FORMATS: tuple[tuple[str, dict[str, str]], ...] = (
         )
         for mode in ("1", "0")
         for plid in _H264_PROFILE_LEVEL_IDS
+    ),
+    # Last, so that the payload types the formats above get stay what they were before it.
+    *(
+        (
+            "video/H265",
+            {"level-id": "93", "profile-id": profile_id, "tier-flag": "0", "tx-mode": "SRST"},
+        )
+        for profile_id in _H265_PROFILE_IDS
     ),
 )
 # Payload types for our own offers (only test clients make offers; the worker always answers
@@ -93,10 +104,12 @@ _negotiation_installed = False
 def install_negotiation() -> None:
     """Extend aiortc's negotiation to everything live-sfu forwards (idempotent, per process).
 
-    * the codec table gains VP9 (profiles 0 and 2), AV1 and H264 in every common profile,
-      each with RTX, in packetization modes 1 and 0;
+    * the codec table gains VP9 (profiles 0 and 2), AV1, H265 (Main and Main 10, tx-mode
+      SRST) and H264 in every common profile, each with RTX, H264 in packetization modes 1
+      and 0;
     * codecs match when their bitstreams are interchangeable: H264 by profile (not level)
-      and packetization mode, VP9 by profile-id, AV1 by profile (`sfu.sdp.codec_key`);
+      and packetization mode, H265 by profile-id (not level-id or tier) and tx-mode, VP9 by
+      profile-id, AV1 by profile (`sfu.sdp.codec_key`);
     * payload types 35-63 count as dynamic, so an answer keeps a client's PT there (Chrome
       puts AV1 and some H264 formats in that range) instead of substituting our own;
     * DTLS offers ECDHE-RSA suites as well as ECDHE-ECDSA ones.

@@ -10,7 +10,7 @@ import aioice
 import aioice.ice
 import aiortc
 from aiortc import RTCRtpSender
-from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,16 @@ _REQUIRED_MEMBERS: tuple[tuple[type, str], ...] = (
     (RTCRtpSender, "_run_rtp"),
     (aiortc.RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder"),
     (aioice.ice.Connection, "get_component_candidates"),
+    (aioice.ice.Connection, "gather_candidates"),
+    (aioice.ice.Connection, "local_password"),
+    (aioice.ice.StunProtocol, "datagram_received"),
+    (aioice.ice.StunProtocol, "send_stun"),
+    # certificates: the worker's certificate, its fingerprints and OpenSSL context made once.
+    (RTCCertificate, "generateCertificate"),
+    (RTCCertificate, "getFingerprints"),
+    (RTCCertificate, "_create_ssl_context"),
+    # timeline: the client's first STUN check (a one-shot instance attribute over it).
+    (aioice.ice.Connection, "request_received"),
 )
 
 # Errors aiortc's own parsers raise on hostile input; struct.error is not a ValueError and

@@ -26,6 +26,14 @@ _H264_IDR = 5
 _H264_SPS = 7
 _H264_STAP_A = 24
 _H264_FU_A = 28
+# H265 (RFC 7798): NAL unit types of IRAP pictures (BLA, IDR, CRA), the parameter sets that
+# precede them, and the RTP payload structures.
+_H265_IRAP_FIRST = 16
+_H265_IRAP_LAST = 21
+_H265_VPS = 32
+_H265_SPS = 33
+_H265_AP = 48
+_H265_FU = 49
 
 
 def vp8_keyframe(payload: bytes) -> bool:
@@ -98,6 +106,37 @@ def h264_keyframe(payload: bytes) -> bool:
     return _h264_nal_is_key(payload[0])
 
 
+def _h265_nal_is_key(nal_type: int) -> bool:
+    return (
+        _H265_IRAP_FIRST <= nal_type <= _H265_IRAP_LAST
+        or nal_type == _H265_VPS
+        or nal_type == _H265_SPS
+    )
+
+
+def h265_keyframe(payload: bytes) -> bool:
+    """RFC 7798: an IRAP slice (BLA, IDR, CRA), VPS or SPS, alone, in an aggregation packet
+    (AP), or starting a fragmentation unit (FU). Without DONL fields (sprop-max-don-diff 0,
+    what WebRTC senders use); PACI packets count as not key."""
+    size = len(payload)
+    if size < 2 or payload[0] & 0x80:  # the NAL unit header is 2 bytes; F must be 0
+        return False
+    nal_type = (payload[0] >> 1) & 0x3F
+    if nal_type == _H265_FU:
+        return size >= 3 and bool(payload[2] & 0x80) and _h265_nal_is_key(payload[2] & 0x3F)
+    if nal_type == _H265_AP:
+        offset = 2
+        while offset + 2 < size:
+            length = (payload[offset] << 8) | payload[offset + 1]
+            if length < 2:
+                return False
+            if _h265_nal_is_key((payload[offset + 2] >> 1) & 0x3F):
+                return True
+            offset += 2 + length
+        return False
+    return _h265_nal_is_key(nal_type)
+
+
 def av1_keyframe(payload: bytes) -> bool:
     """AV1 RTP spec: the N bit of the aggregation header starts a new coded video sequence."""
     return len(payload) >= 1 and bool(payload[0] & 0x08) and not payload[0] & 0x80
@@ -112,6 +151,7 @@ KEYFRAME_TESTS: dict[str, KeyframeTest] = {
     "video/vp8": vp8_keyframe,
     "video/vp9": vp9_keyframe,
     "video/h264": h264_keyframe,
+    "video/h265": h265_keyframe,
     "video/av1": av1_keyframe,
 }
 

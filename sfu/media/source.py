@@ -68,9 +68,23 @@ class SourceInfo:
 
 
 class SourceState:
-    """The current SSRC of a track's source, its highest sequence number, and the epoch."""
+    """The current SSRC of a track's source, its highest sequence number, and the epoch;
+    and what the room stats read of the ingest leg (`packets`, `bytes`, `loss`)."""
 
-    __slots__ = ("ssrc", "epoch", "silence", "_seen", "_highest_seq")
+    __slots__ = (
+        "ssrc",
+        "epoch",
+        "silence",
+        "_seen",
+        "_highest_seq",
+        "packets",
+        "bytes",
+        "_cycles",
+        "_base_seq",
+        "_base_packets",
+        "_lost_before",
+        "_expected_before",
+    )
 
     def __init__(self, silence: float = SOURCE_SWITCH_SILENCE) -> None:
         self.ssrc: int | None = None
@@ -78,6 +92,19 @@ class SourceState:
         self.silence = silence
         self._seen = 0.0
         self._highest_seq = 0  # bounds what a retransmission may be
+        # Since the track began (never reset): media packets of the current SSRC accepted
+        # (padding-only ones included, RTX not: RFC 3550's "received"), and the bytes of the
+        # packets forwarded (TrackForwarder.receive counts those, RTX included).
+        self.packets = 0
+        self.bytes = 0
+        # Loss (RFC 3550 A.3) per SSRC epoch: wraps of the highest sequence number (in units
+        # of 65536), the epoch's first sequence number and the packets before it; the lost
+        # and expected packets of the epochs before.
+        self._cycles = 0
+        self._base_seq = 0
+        self._base_packets = 0
+        self._lost_before = 0
+        self._expected_before = 0
 
     def restart(self) -> None:
         """A new source: a new epoch, and the next packet's SSRC is taken whatever it is."""
@@ -92,16 +119,41 @@ class SourceState:
         """Per media packet: SAME, SWITCHED (a new epoch started) or REJECTED."""
         if ssrc == self.ssrc:
             self._seen = now
-            if (seq - self._highest_seq) & 0xFFFF < 0x8000:
+            self.packets += 1
+            highest = self._highest_seq
+            if (seq - highest) & 0xFFFF < 0x8000:
+                if seq < highest:  # wrapped
+                    self._cycles += 0x10000
                 self._highest_seq = seq
             return SAME
         if self.ssrc is not None and now - self._seen < self.silence:
             return REJECTED
+        if self.packets:  # close the previous epoch's account
+            expected, lost = self._epoch_loss()
+            self._expected_before += expected
+            self._lost_before += lost
         self.ssrc = ssrc
         self.epoch += 1
         self._seen = now
         self._highest_seq = seq
+        self._cycles = 0
+        self._base_seq = seq
+        self._base_packets = self.packets
+        self.packets += 1
         return SWITCHED
+
+    def _epoch_loss(self) -> tuple[int, int]:
+        expected = self._cycles + self._highest_seq - self._base_seq + 1
+        received = self.packets - self._base_packets
+        return expected, max(expected - received, 0)  # duplicates count as received
+
+    def loss(self) -> tuple[int, int]:
+        """(expected, lost) media packets since the track began: sequence gaps of each SSRC
+        the source used, before any retransmission; off the per-packet path."""
+        if self.packets == 0:
+            return 0, 0
+        expected, lost = self._epoch_loss()
+        return self._expected_before + expected, self._lost_before + lost
 
     def unwrap_rtx(self, packet: RtpView) -> int:
         """Per RTX packet: the original sequence number, RTX_EMPTY or RTX_STALE."""

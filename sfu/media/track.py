@@ -29,8 +29,9 @@ from sfu.media.cache import CachedPacket, PacketCache, Retransmitter
 from sfu.media.clock import RUNNING_LOOP, Clock, Scheduler
 from sfu.media.fanout import Fanout, ViewerStage
 from sfu.media.instant_start import CatchUp, GopCache, InstantStart
-from sfu.media.keyframes import KeyframeRequests, keyframe_test
+from sfu.media.keyframes import KEYFRAME_TESTS, KeyframeRequests, KeyframeTest, keyframe_test
 from sfu.media.packet import PADDING_BIT, RtpView, find_extension
+from sfu.media.resolution import SizeReader, size_reader
 from sfu.media.source import (
     REJECTED,
     RTX_STALE,
@@ -38,7 +39,7 @@ from sfu.media.source import (
     SourceInfo,
     SourceState,
 )
-from sfu.media.stats import ForwardingStats
+from sfu.media.stats import ForwardingStats, TrackStats
 
 KeyframeRequester = Callable[[], None]
 # A synchronous observer of every forwarded packet (a recorder): (seq, ts, marker, payload,
@@ -107,6 +108,11 @@ class TrackForwarder:
         self.history: History | None = None  # set by a source that keeps the history
         self.mirror: Mirror | None = None  # set while other workers read this track
         self.taps: list[PacketTap] = []
+        # The room stats' measurements (sfu.roomstats): per frame and keyframe; the
+        # per-packet counters are the source stage's (`state`).
+        self.track_stats = TrackStats()
+        self._frame_is_key: KeyframeTest | None = None  # video only
+        self._frame_size: SizeReader | None = None
         self._clock = clock
         self._audio_level_id = 0
 
@@ -123,7 +129,11 @@ class TrackForwarder:
         self.keyframes.requester = source.request_keyframe
         self._audio_level_id = source.audio_level_id
         self.history = history
-        if history is None and self.kind == "video" and self.instant_start.enabled:
+        video = self.kind == "video"
+        self.track_stats = TrackStats()  # a new source's figures (keyframes, size, rates)
+        self._frame_is_key = KEYFRAME_TESTS.get(codec.mime_type.lower()) if video else None
+        self._frame_size = size_reader(codec.mime_type) if video else None
+        if history is None and video and self.instant_start.enabled:
             self.gop_cache = GopCache(keyframe_test(codec.mime_type), self.instant_start.max_bytes)
         else:
             self.gop_cache = None
@@ -198,10 +208,12 @@ class TrackForwarder:
                 if self.gop_cache is not None:
                     self.gop_cache.restart()
                 self.request_keyframe()
-        if len(data) - packet.padding <= offset:
+        size = len(data)
+        if size - packet.padding <= offset:
             return  # padding-only packet: nothing a viewer needs
         stats.packets_in += 1
-        stats.bytes_in += len(data)
+        stats.bytes_in += size
+        state.bytes += size
         ts = packet.timestamp
         flags = data[0] & PADDING_BIT
         marker = packet.marker
@@ -215,6 +227,15 @@ class TrackForwarder:
             keyed = gop_cache.add(cached, now)
             if keyed and self.catch_up.joining:
                 self.catch_up.add(cached)
+        if marker:  # the end of a frame: the room stats' per-frame measurements
+            track_stats = self.track_stats
+            track_stats.frames += 1
+            if gop_cache is not None:  # it tested each packet: a new group is a new keyframe
+                group = gop_cache.packets
+                if group is not None and group[0] is not track_stats.key_packet:
+                    self._keyframe_seen(group[0], now)
+            elif self._frame_is_key is not None:
+                self._frame_end(seq, ts, now)
         fanout = self.fanout
         mirror = self.mirror
         level = -1
@@ -236,6 +257,24 @@ class TrackForwarder:
                 fanout.forward(seq, ts, flags, marker, payload, now, epoch)
         for tap in self.taps:
             tap(seq, ts, marker, payload, epoch)
+
+    def _frame_end(self, seq: int, ts: int, now: float) -> None:
+        """The end of a video frame on a track without a group-of-pictures cache (instant
+        start off): when the frame's first packet (the one after the previous marker, still
+        cached with the same timestamp) starts a keyframe, `_keyframe_seen`."""
+        stats = self.track_stats
+        first_seq = (stats.frame_end_seq + 1) & 0xFFFF
+        stats.frame_end_seq = seq
+        is_key = self._frame_is_key
+        first = self.cache.get(first_seq)
+        if first is not None and first[1] == ts and is_key is not None and is_key(first[4]):
+            self._keyframe_seen(first, now)
+
+    def _keyframe_seen(self, first: CachedPacket, now: float) -> None:
+        """Once per keyframe, at its end: `first` is its first packet (the picture size)."""
+        read_size = self._frame_size
+        self.track_stats.key_packet = first
+        self.track_stats.keyframe(now, read_size(first[4]) if read_size is not None else None)
 
     def deliver(
         self, seq: int, ts: int, flags: int, marker: int, payload: bytes, level: int, now: float

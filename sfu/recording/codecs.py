@@ -3,8 +3,8 @@
 A `Depacketizer` turns the payloads of one frame (the packets sharing an RTP timestamp, in
 sequence order, none missing) into the bytes a muxer expects, or None when they do not form
 a frame it can write. VP8 and H264 use aiortc's payload-descriptor parsers; aiortc has none
-for VP9 and AV1, so those two are small pure functions here (RFC 9628 and the AV1 RTP
-payload specification). Opus packets are written as they are.
+for H265, VP9 and AV1, so those are small pure functions here (RFC 7798, RFC 9628 and the
+AV1 RTP payload specification). Opus packets are written as they are.
 
 What each codec becomes on disk:
 
@@ -14,6 +14,7 @@ What each codec becomes on disk:
 | VP8, VP9 | `.ivf` (fourcc VP80 / VP90) | one frame (VP9: the base spatial layer) |
 | AV1 | `.ivf` (fourcc AV01) | one temporal unit of OBUs with size fields (low-overhead format) |
 | H264 | `.mkv` | one access unit in Annex B (the muxer stores it as AVCC) |
+| H265 | `.mkv` | one access unit in Annex B (the muxer stores it as HVCC) |
 """
 
 from __future__ import annotations
@@ -68,6 +69,59 @@ def h264_access_unit(payloads: Sequence[bytes]) -> bytes | None:
         except ValueError:
             return None
         parts.append(data)
+    unit = b"".join(parts)
+    return unit or None
+
+
+# --- H265 (RFC 7798) --------------------------------------------------------------------
+
+_ANNEX_B_START = b"\x00\x00\x00\x01"
+_H265_AP = 48
+_H265_FU = 49
+_H265_PACI = 50
+
+
+def h265_access_unit(payloads: Sequence[bytes]) -> bytes | None:
+    """Annex B NAL units from single NAL unit packets, aggregation packets (AP) and
+    fragmentation units (FU), without DONL fields (sprop-max-don-diff 0, what WebRTC
+    senders use). PACI packets are skipped. None when a packet is malformed or a fragment
+    comes without its start."""
+    parts: list[bytes] = []
+    in_fragment = False
+    for payload in payloads:
+        size = len(payload)
+        if size < 3 or payload[0] & 0x80:  # 2-byte NAL unit header, F bit 0
+            return None
+        nal_type = (payload[0] >> 1) & 0x3F
+        if nal_type == _H265_FU:
+            fu_header = payload[2]
+            if fu_header & 0x80:  # S: rebuild the NAL unit header with the FU's type
+                header = bytes([(payload[0] & 0x81) | ((fu_header & 0x3F) << 1), payload[1]])
+                parts += (_ANNEX_B_START, header)
+                in_fragment = True
+            elif not in_fragment:
+                return None
+            parts.append(payload[3:])
+            if fu_header & 0x40:  # E
+                in_fragment = False
+            continue
+        if in_fragment:
+            return None  # a fragmented NAL unit that never ended
+        if nal_type == _H265_AP:
+            offset = 2
+            while offset < size:
+                if offset + 2 > size:
+                    return None
+                length = (payload[offset] << 8) | payload[offset + 1]
+                offset += 2
+                if length < 2 or offset + length > size:
+                    return None
+                parts += (_ANNEX_B_START, payload[offset : offset + length])
+                offset += length
+        elif nal_type != _H265_PACI:
+            parts += (_ANNEX_B_START, payload)
+    if in_fragment:
+        return None
     unit = b"".join(parts)
     return unit or None
 
@@ -288,6 +342,9 @@ FORMATS: dict[str, CodecFormat] = {
     ),
     "video/h264": CodecFormat(
         "video/h264", "mkv", "matroska", "h264", "h264", 90000, h264_access_unit
+    ),
+    "video/h265": CodecFormat(
+        "video/h265", "mkv", "matroska", "hevc", "hevc", 90000, h265_access_unit
     ),
 }
 

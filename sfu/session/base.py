@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -30,6 +30,7 @@ from sfu.sdp import (
     check_transport,
     echo_h264_levels,
     reduce_offer,
+    restart_fragment,
     restore_rejected,
     strip_mdns_candidates,
 )
@@ -58,10 +59,17 @@ SessionKind = Literal["publisher", "subscriber"]
 
 class SessionSettings:
     def __init__(
-        self, *, connect_timeout: float, public_ip: str | None, transport_cc: bool = True
+        self,
+        *,
+        connect_timeout: float,
+        public_ip: str | Sequence[str] | None,
+        transport_cc: bool = True,
     ) -> None:
         self.connect_timeout = connect_timeout
-        self.public_ip = public_ip
+        # PUBLIC_IP: the addresses announced before the host ones (sfu/sdp.py).
+        self.public_ip: tuple[str, ...] = (
+            (public_ip,) if isinstance(public_ip, str) else tuple(public_ip or ())
+        )
         # Answer publishers' transport-cc and send them its feedback (sfu.media.transport_cc).
         self.transport_cc = transport_cc
 
@@ -75,12 +83,18 @@ class Session:
         self.id = session_id
         self.settings = settings
         self.stats: ForwardingStats = room.stats
+        # The set-up timeline: seconds from the offer reaching the worker (now) to each of
+        # TIMELINE_MARKS, sent to the gateway with the connected and first_packet states
+        # (live_session_phase_seconds) and, when tracing is on, span events at each mark.
+        self.opened_at = time.monotonic()
+        self.timeline: dict[str, float] = {}
         adapter.install_negotiation()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.connected = False
         self.closed = False
         self._deadline: asyncio.TimerHandle | None = None
         self._mids: list[str] = []
+        self.answer_sdp = ""  # as sent to the client (an ICE restart repeats parts of it)
         # Tracing (common/tracing.py), NO_SPAN when off: from the offer to connected, with
         # ice.connected and dtls.connected events; then from connected to the first packet.
         self.connect_span = tracing.NO_SPAN
@@ -107,8 +121,7 @@ class Session:
     def _watch_connection(self) -> None:
         loop = asyncio.get_running_loop()
         self._deadline = loop.call_later(self.settings.connect_timeout, self._connect_deadline)
-        if self.connect_span.recording:
-            self._trace_ice()
+        self._watch_ice()
 
         @self.pc.on("connectionstatechange")
         def on_change() -> None:
@@ -118,6 +131,7 @@ class Session:
                 if self._deadline is not None:
                     self._deadline.cancel()
                     self._deadline = None
+                self.mark("dtls.connected")  # aiortc's connected: ICE and DTLS both up
                 self.on_connected()
                 self.room.session_connected(self)
                 if self.connect_span.recording:
@@ -135,26 +149,49 @@ class Session:
     def on_connected(self) -> None:
         """Subclasses start forwarding here."""
 
-    def _trace_ice(self) -> None:
-        ice_connected = False
+    def on_path_changed(self) -> None:
+        """The client's address changed under the session (a NAT rebinding the ICE mux
+        followed): what was sent meanwhile was lost. Subclasses recover here."""
 
+    # --- the set-up timeline ----------------------------------------------------------------
+
+    def mark(self, name: str) -> None:
+        """The first time `name` (one of TIMELINE_MARKS) happened, in seconds since the
+        offer; a span event of that name on the span still open, when tracing is on."""
+        if name in self.timeline or self.closed:
+            return
+        self.timeline[name] = time.monotonic() - self.opened_at
+        span = self.first_packet_span if name == "first_packet" else self.connect_span
+        span.event(name)
+
+    def _watch_ice(self) -> None:
         @self.pc.on("iceconnectionstatechange")
         def on_ice_change() -> None:
-            nonlocal ice_connected
-            if self.pc.iceConnectionState in ("connected", "completed") and not ice_connected:
-                ice_connected = True
-                self.connect_span.event("ice.connected")
+            if self.pc.iceConnectionState in ("connected", "completed"):
+                self.mark("ice.connected")
+
+    def _watch_handshakes(self) -> None:
+        """After setRemoteDescription (the bundle's transports exist), before the answer is
+        sent: the client's first check, and the DTLS handshake's start and end."""
+        adapter.on_first_check(self.pc, lambda: self.mark("ice.first_check"))
+
+        def on_dtls(state: str) -> None:
+            if state == "connecting":
+                self.mark("dtls.start")
+            elif state == "connected":
+                self.mark("dtls.connected")
+
+        adapter.on_dtls_state(self.pc, on_dtls)
 
     def _traced_connected(self) -> None:
         """Connected (aiortc: ICE and DTLS both): end the connect span, and start the one
         that ends at the first packet."""
         connect = self.connect_span
-        connect.event("dtls.connected")
         self.first_packet_span = tracing.start_span("sfu.session.first_packet", parent=connect)
         connect.end()
 
     def _first_packet(self) -> None:
-        self.first_packet_span.event("first_packet")
+        self.mark("first_packet")
         self.first_packet_span.end()
         if not self.closed:
             self.room.session_first_packet(self)  # the gateway's time-to-first-packet
@@ -243,6 +280,7 @@ class Session:
             # on offers it did not expect; check_structure refuses the known ones earlier.
             log.info("session %s: aiortc cannot answer the offer: %r", self.id[:8], exc)
             raise OfferError(f"cannot answer this offer: {_detail(exc)}") from None
+        self._watch_handshakes()
         gathering = time.monotonic()
         await self.pc.setLocalDescription(answer)
         local = self.pc.localDescription
@@ -257,7 +295,25 @@ class Session:
             full = echo_h264_levels(restore_rejected(local.sdp, offer_sdp, keep), description)
         except ValueError as exc:
             raise OfferError(f"cannot answer this offer: {exc}") from None
-        return announce_public_ip(full, self.settings.public_ip)
+        self.answer_sdp = announce_public_ip(full, self.settings.public_ip)
+        self.mark("answer")
+        return self.answer_sdp
+
+    async def restart_ice(
+        self, ufrag: str, pwd: str, candidates: list[str], mid: str | None, end: bool
+    ) -> str:
+        """An ICE restart (RFC 9725 §4.3): the client's new credentials and candidates in,
+        the sdpfrag of our new ones out. Media goes on over the pair in use until the
+        client's checks nominate a new one; DTLS is kept."""
+        try:
+            restarted = adapter.restart_ice(self.pc, ufrag, pwd)
+        except ValueError as exc:
+            raise OfferError(f"cannot restart ICE: {exc}") from None
+        await self.add_candidates(candidates, mid, end)
+        fragment = restart_fragment(
+            self.answer_sdp, restarted.ufrag, restarted.pwd, restarted.candidates
+        )
+        return announce_public_ip(fragment, self.settings.public_ip)
 
     async def add_candidates(self, candidates: list[str], mid: str | None, end: bool) -> None:
         sdp_mid = mid if mid in self._mids else (self._mids[0] if self._mids else None)

@@ -100,9 +100,7 @@ class SubscriberSession(Session):
             )
         return "no common codec with the room's publisher (" + "; ".join(parts) + ")"
 
-    def _prepare_output(
-        self, kind: str, transceiver: RTCRtpTransceiver, wanted: CodecKey
-    ) -> None:
+    def _prepare_output(self, kind: str, transceiver: RTCRtpTransceiver, wanted: CodecKey) -> None:
         codecs = adapter.negotiated_codecs(transceiver)
         media = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
         if media is None or media.payloadType is None or codec_key(media) != wanted:
@@ -169,6 +167,13 @@ class SubscriberSession(Session):
             forwarder.attach(output)
             self.outputs[forwarder.kind] = (forwarder, output)
         self._pending.clear()
+
+    def on_path_changed(self) -> None:
+        # Seconds of video went to the old address: a decoder waits for a keyframe, and a
+        # viewer that does not re-NACK (aiortc) waits until its jitter buffer overflows.
+        for forwarder, _output in self.outputs.values():
+            if forwarder.kind == "video":
+                forwarder.request_keyframe()
 
     def hook_first_packet(self, seen: Callable[[], None]) -> None:
         """Each output's send takes a one-shot wrapper; the first packet sent to this viewer

@@ -73,8 +73,8 @@ COMMON = settings(
         HealthCheck.large_base_example,
     ],
 )
-GATEWAY_EXAMPLES = 400
-WORKER_EXAMPLES = 300
+GATEWAY_EXAMPLES = 260
+WORKER_EXAMPLES = 200
 ANSWER_TIMEOUT_S = 10.0
 # Routing ids of the fuzzing DEALERs (never a real worker's: ROUTER_HANDOVER would let one
 # take over that worker's connection, which is the trusted IPC_DIR's business, not fuzzing).

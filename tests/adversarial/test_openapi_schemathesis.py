@@ -269,7 +269,7 @@ RESPONSE_CHECKS = CHECKS[:5]
 
 
 def test_session_lifecycle_conforms(gateway_factory: Callable[..., Any], tmp_path: Path) -> None:
-    """What random data cannot reach: real sessions (201, 409, PATCH 204/412/415/422/428,
+    """What random data cannot reach: real sessions (201, 409, PATCH 204/400/409/412/415/428,
     DELETE 200), a room listing, the admin API with and without its token, a download."""
     url = _start(gateway_factory, tmp_path)
     live = schemathesis.openapi.from_url(url + "/api/openapi.json", config=_config())
@@ -301,9 +301,10 @@ def test_session_lifecycle_conforms(gateway_factory: Callable[..., Any], tmp_pat
     candidate = FRAGMENTS[0].encode()
     call("PATCH", session, 428, body=candidate, **ids, **frag)
     call("PATCH", session, 412, headers={"If-Match": '"stale"'}, body=candidate, **ids, **frag)
-    call("PATCH", session, 422, headers={"If-Match": "*"}, body=candidate, **ids, **frag)
+    call("PATCH", session, 400, headers={"If-Match": "*"}, body=candidate, **ids, **frag)
     restart = FRAGMENTS[2].encode()
-    call("PATCH", session, 422, headers={"If-Match": etag}, body=restart, **ids, **frag)
+    # The publisher of this test never connects: there is no ICE session to restart.
+    call("PATCH", session, 409, headers={"If-Match": etag}, body=restart, **ids, **frag)
     call("PATCH", session, 400, headers={"If-Match": etag}, body=b"not sdp", **ids, **frag)
     call(
         "PATCH", session, 415, headers={"If-Match": etag}, body="x", media_type="text/plain", **ids

@@ -66,6 +66,15 @@ ENCODERS = {
         "rtph264pay config-interval=-1 aggregate-mode=zero-latency",
         "H264",
     ),
+    "h265": (
+        # x265enc's keyframes are CRA pictures (open GOP); repeat-headers puts VPS/SPS/PPS in
+        # band before each one (rtph265pay's config-interval alone does not, and parameter
+        # sets only in the offer's sprop-vps/sps/pps never reach a viewer).
+        "x265enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=600 "
+        "option-string=repeat-headers=1 ! video/x-h265,profile=main ! "
+        "rtph265pay config-interval=-1 aggregate-mode=zero-latency",
+        "H265",
+    ),
 }
 
 

@@ -245,11 +245,13 @@ async def test_publish_play_trickle_and_delete(
     async with http.patch(session_url, data=CANDIDATES, headers={**frag, "If-Match": '"x"'}) as r:
         assert r.status == 412
     restart = "a=ice-ufrag:new1\r\na=ice-pwd:newpasswordnewpassword\r\n" + CANDIDATES
+    # An ICE restart needs an ICE session to restart: this publisher never connected.
     async with http.patch(session_url, data=restart, headers=frag) as r:
-        assert r.status == 422
-        assert "ICE restart is not supported" in (await r.json())["error"]
+        assert r.status == 409
+        assert "not connected" in (await r.json())["error"]
     async with http.patch(session_url, data=CANDIDATES, headers={**frag, "If-Match": "*"}) as r:
-        assert r.status == 422
+        assert r.status == 400
+        assert "ice-ufrag" in (await r.json())["error"]
     async with http.patch(session_url, data="garbage", headers=frag) as r:
         assert r.status == 400
     # The offer's own credentials are no restart: the worker's peer takes the candidates.
@@ -289,8 +291,8 @@ async def test_unusable_offers_are_400_and_leak_nothing(
 ) -> None:
     client = clients(two_workers)
     # Valid SDP, but its only video codec is one the worker cannot forward.
-    h265 = only_codec(await client.publisher_offer(audio=False), "video", "100 H265/90000")
-    response = await client.publish("unusable", h265)
+    h266 = only_codec(await client.publisher_offer(audio=False), "video", "100 H266/90000")
+    response = await client.publish("unusable", h266)
     assert response.status == 400, response.body
     assert response.code() == "bad_offer"
     # Nothing was leaked on either side: the room is free, WHEP finds no room.

@@ -82,7 +82,7 @@ def test_viewers_on_both_workers_decode_and_rings_are_released(
     gateway_factory: Callable[..., GatewayProcess], peers: Peers
 ) -> None:
     gateway = gateway_factory(workers=2, env=SPREAD)
-    publisher = peers("publish", gateway.url, "spread", "--seconds", "16")
+    publisher = peers("publish", gateway.url, "spread", "--seconds", "13")
     home = wait_for_publisher(gateway, "spread")
     edge = "local-1" if home == "local-0" else "local-0"
     viewers = []
@@ -111,7 +111,7 @@ def test_edge_viewer_keyframe_requests_and_nacks_reach_the_home(
     # Without instant start, a late viewer decodes only once a keyframe comes; the
     # publisher counts the keyframe requests it acts on (testkit KeyframeRequestCounter).
     gateway = gateway_factory(workers=2, env={**SPREAD, "INSTANT_START": "false"})
-    publisher = peers("publish", gateway.url, "pli", "--seconds", "16")
+    publisher = peers("publish", gateway.url, "pli", "--seconds", "13")
     home = wait_for_publisher(gateway, "pli")
     time.sleep(2)
     viewer = view(peers, gateway, "pli", 8, "--min-video-frames", "60", "--drop-every", "25")

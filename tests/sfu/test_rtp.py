@@ -45,7 +45,7 @@ def test_mdns_candidates_are_stripped_and_others_kept() -> None:
     assert "192.0.2.7 54322 typ host" in stripped
 
 
-def test_public_ip_replaces_host_candidate_addresses() -> None:
+def test_public_ip_is_announced_before_the_host_candidate() -> None:
     from sfu.sdp import announce_public_ip
 
     answer = "a=candidate:abc 1 udp 2130706431 10.0.0.5 40001 typ host\r\na=end-of-candidates\r\n"

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+import urllib.error
+import urllib.request
+
+from testkit.processes import GatewayProcess
 
 # A well-formed sendonly video offer with no candidates: enough for every HTTP-level check.
 OFFER = (
@@ -13,7 +17,7 @@ OFFER = (
 
 
 def only_codec(offer: str, kind: str, rtpmap: str) -> str:
-    """The offer with its `kind` m-line reduced to one payload type, `rtpmap` ("100 H265/90000").
+    """The offer with its `kind` m-line reduced to one payload type, `rtpmap` ("100 H266/90000").
 
     Still a well-formed offer (ICE, DTLS, mid, direction untouched): only the codec is useless.
     """
@@ -37,3 +41,20 @@ def candidate_ports(sdp: str) -> set[int]:
     """UDP ports of the host candidates in an SDP."""
     found = re.findall(r"^a=candidate:\S+ \d+ udp \d+ \S+ (\d+) typ host", sdp, re.M | re.I)
     return {int(port) for port in found}
+
+
+def post_offer_sync(gateway: GatewayProcess, kind: str, room: str, sdp: str) -> tuple[int, str]:
+    """POST an offer to the room's WHIP (`kind` "publish") or WHEP endpoint, blocking;
+    returns (status, body), whatever the status."""
+    path = "/api/whip/publish/" if kind == "publish" else "/api/whep/play/"
+    request = urllib.request.Request(
+        gateway.url + path + room,
+        data=sdp.encode(),
+        headers={"Content-Type": "application/sdp"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
