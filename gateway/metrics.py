@@ -245,10 +245,10 @@ def _ice_mux_metrics(reports: list[tuple[str, WorkerReport]]) -> Iterable[Metric
         labels=["worker"],
     )
     for worker_id, report in reports:
-        for reason, count in sorted(report.heartbeat.ice_mux_drops.items()):
+        for reason, count in sorted(report.heartbeat.ice_mux_counters.items()):
             family = events if reason in ICE_MUX_EVENTS else dropped
             family.add_metric([worker_id, reason], count)
-        if report.heartbeat.ice_mux_drops:
+        if report.heartbeat.ice_mux_counters:
             routes.add_metric([worker_id], report.heartbeat.ice_mux_routes)
     yield dropped
     yield events

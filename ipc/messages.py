@@ -20,7 +20,8 @@ import msgspec
 # mux counters of Heartbeat.
 # 6: RoomStats.media (TrackStats: per-track bitrate, frame rate, size, loss, keyframes).
 # 7: SessionState.timeline (the session's set-up marks, TIMELINE_MARKS).
-PROTOCOL_VERSION = 7
+# 8: Heartbeat.ice_mux_drops renamed ice_mux_counters (it also counts rebindings).
+PROTOCOL_VERSION = 8
 
 SessionKind = Literal["publisher", "subscriber"]
 # A session's changes of state that its worker reports on its own.
@@ -154,7 +155,7 @@ class Heartbeat(_Msg, Counters, tag="heartbeat"):
     # The ICE mux (UDP_MUX_PORT/TCP_MUX_PORT; empty without one), since the worker started:
     # datagrams and connections it refused or dropped, by reason, and its rebindings and
     # evicted routes; and the remote addresses it routes now.
-    ice_mux_drops: dict[str, int] = msgspec.field(default_factory=dict)
+    ice_mux_counters: dict[str, int] = msgspec.field(default_factory=dict)
     ice_mux_routes: int = 0
 
 

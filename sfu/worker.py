@@ -192,7 +192,7 @@ class Worker:
                 recording_bytes=self.recorder.stats.bytes_written,
                 recording_write_errors=self.recorder.stats.write_errors,
                 **self._plane_counters(),
-                ice_mux_drops=self.ice_mux.counters() if self.ice_mux is not None else {},
+                ice_mux_counters=self.ice_mux.counters() if self.ice_mux is not None else {},
                 ice_mux_routes=self.ice_mux.route_count if self.ice_mux is not None else 0,
             )
             with_counters(heartbeat, totals)

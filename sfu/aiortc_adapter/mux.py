@@ -69,7 +69,8 @@ class MuxBinding:
 
 
 class MuxCounters:
-    """Datagrams and connections refused or dropped, by reason (cumulative)."""
+    """Datagrams and connections refused or dropped, by reason, and the sessions moved and
+    routes forgotten (cumulative)."""
 
     __slots__ = (
         "unknown_address",
@@ -642,7 +643,7 @@ class IceMux:
 
         loop.create_datagram_endpoint = create_datagram_endpoint  # type: ignore[method-assign,assignment]  # per-loop seam
         if any(mux.tcp_partner is not None for mux in udp.values()):
-            _install_tcp_candidates(self)
+            _install_tcp_candidates()
 
     def tcp_candidates(self, connection: aioice.ice.Connection) -> list[Candidate]:
         return [
@@ -666,7 +667,7 @@ class IceMux:
                     sessions.add(connection.local_username, protocol)
 
     def counters(self) -> dict[str, int]:
-        """Datagrams and connections the mux refused or dropped, by reason."""
+        """MuxCounters as a dict: refusals and drops by reason, rebindings, evicted routes."""
         return self.stats.as_dict()
 
     @property
@@ -682,15 +683,12 @@ class IceMux:
                 listener.server.close()
         self._udp.clear()
         self._tcp.clear()
-        for registry in (_started_muxes, _active_muxes):
-            if self in registry:
-                registry.remove(self)
+        if self in _started_muxes:
+            _started_muxes.remove(self)
 
 
-# The muxes started in this process (a worker has one; tests may start several), and those
-# of them that announce ICE-TCP candidates.
+# The muxes started in this process (a worker has one; tests may start several).
 _started_muxes: list[IceMux] = []
-_active_muxes: list[IceMux] = []
 
 
 def rekey_session(connection: aioice.ice.Connection, old_ufrag: str) -> None:
@@ -699,20 +697,19 @@ def rekey_session(connection: aioice.ice.Connection, old_ufrag: str) -> None:
         mux.rekey(connection, old_ufrag)
 
 
-def _install_tcp_candidates(mux: IceMux) -> None:
+def _install_tcp_candidates() -> None:
     """Append each muxed session's passive TCP candidates after its UDP ones (ffmpeg takes
     the first candidate). Class-level: aiortc builds the Connection inside
     setLocalDescription, before an instance could be wrapped; it only adds to connections a
     mux registered, so other peer connections in the process are untouched."""
-    _active_muxes.append(mux)
     if getattr(aioice.ice.Connection, "_live_sfu_tcp_seam", False):
         return
     original_gather = aioice.ice.Connection.gather_candidates
 
     async def gather_candidates(self: aioice.ice.Connection) -> None:
         await original_gather(self)
-        for active in _active_muxes:
-            self._local_candidates += active.tcp_candidates(self)
+        for mux in _started_muxes:
+            self._local_candidates += mux.tcp_candidates(self)
 
     aioice.ice.Connection.gather_candidates = gather_candidates  # type: ignore[method-assign]
     aioice.ice.Connection._live_sfu_tcp_seam = True  # type: ignore[attr-defined]
